@@ -1,0 +1,356 @@
+//! The exported C functions: argument checks, `errno`, and one call into
+//! the heap each. glibc's semantics, exactly (see README, "The C API").
+//!
+//! In unit tests the symbols are not exported (`cfg_attr(not(test))`), so
+//! the test harness keeps the system allocator.
+
+use core::ffi::{c_char, c_int, c_void};
+use core::fmt::Write;
+use core::ptr;
+
+use crate::debug::fatal;
+use crate::geometry::{MIN_ALIGN, PAGE_SIZE};
+use crate::heap::{HEAP, Resize};
+use crate::os::set_errno;
+use crate::stats::{ChunkWriter, Snapshot, write_fd};
+
+#[inline(always)]
+fn alloc(n: usize) -> *mut c_void {
+    let block = HEAP.lock().alloc(n);
+    if block.ptr.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    block.ptr.cast()
+}
+
+/// `align` must be a power of two.
+fn alloc_aligned(align: usize, n: usize) -> *mut c_void {
+    let block = HEAP.lock().alloc_aligned(align, n);
+    if block.ptr.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    block.ptr.cast()
+}
+
+#[inline(always)]
+fn release(p: *mut c_void, function: &str) {
+    if p.is_null() {
+        return;
+    }
+    let result = HEAP.lock().free(p.cast());
+    if let Err(fault) = result {
+        fatal(function, fault, p.cast());
+    }
+}
+
+fn resize(p: *mut c_void, n: usize) -> *mut c_void {
+    if p.is_null() {
+        return alloc(n);
+    }
+    if n == 0 {
+        release(p, "realloc");
+        return ptr::null_mut();
+    }
+    let result = HEAP.lock().resize(p.cast(), n);
+    match result {
+        Ok(Resize::Done(q)) => q.cast(),
+        Ok(Resize::Move { usable }) => {
+            let q = alloc(n);
+            if q.is_null() {
+                // A shrink may keep the old block; a growth fails with ENOMEM.
+                return if n <= usable { p } else { q };
+            }
+            // SAFETY: both blocks are live, distinct, and hold at least
+            // min(usable, n) bytes.
+            unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), usable.min(n)) };
+            release(p, "realloc");
+            q
+        }
+        Ok(Resize::Failed) => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+        Err(fault) => fatal("realloc", fault, p.cast()),
+    }
+}
+
+fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
+    let Some(n) = count.checked_mul(size) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    let block = HEAP.lock().alloc(n);
+    if block.ptr.is_null() {
+        set_errno(libc::ENOMEM);
+    } else if !block.zeroed {
+        // SAFETY: a fresh block of at least n bytes, outside the lock.
+        unsafe { ptr::write_bytes(block.ptr, 0, n) };
+    }
+    block.ptr.cast()
+}
+
+fn memalign_impl(align: usize, n: usize) -> *mut c_void {
+    if align <= MIN_ALIGN {
+        return alloc(n);
+    }
+    // glibc: an alignment above SIZE_MAX/2+1 is invalid, others round up.
+    if align > usize::MAX / 2 + 1 {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    alloc_aligned(align.next_power_of_two(), n)
+}
+
+fn usable_size(p: *mut c_void) -> usize {
+    if p.is_null() {
+        return 0;
+    }
+    let result = HEAP.lock().usable_size(p.cast());
+    match result {
+        Ok(n) => n,
+        Err(fault) => fatal("malloc_usable_size", fault, p.cast()),
+    }
+}
+
+fn posix_memalign_impl(out: *mut *mut c_void, align: usize, n: usize) -> c_int {
+    if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
+        return libc::EINVAL;
+    }
+    let block = HEAP.lock().alloc_aligned(align, n);
+    if block.ptr.is_null() {
+        return libc::ENOMEM;
+    }
+    // SAFETY: the caller passes a valid out-pointer (C contract).
+    unsafe { *out = block.ptr.cast() };
+    0
+}
+
+fn pvalloc_impl(n: usize) -> *mut c_void {
+    let Some(rounded) = n.checked_next_multiple_of(PAGE_SIZE) else {
+        set_errno(libc::ENOMEM);
+        return ptr::null_mut();
+    };
+    alloc_aligned(PAGE_SIZE, rounded)
+}
+
+/// C `malloc`.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn malloc(size: usize) -> *mut c_void {
+    alloc(size)
+}
+
+/// C `free`.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn free(p: *mut c_void) {
+    release(p, "free")
+}
+
+/// Old name of `free`, still exported by glibc.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn cfree(p: *mut c_void) {
+    release(p, "free")
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn calloc(count: usize, size: usize) -> *mut c_void {
+    zeroed_alloc(count, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    resize(p, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn reallocarray(p: *mut c_void, count: usize, size: usize) -> *mut c_void {
+    match count.checked_mul(size) {
+        Some(n) => resize(p, n),
+        None => {
+            set_errno(libc::ENOMEM);
+            ptr::null_mut()
+        }
+    }
+}
+
+/// # Safety
+/// `out` must be valid for a pointer write.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    posix_memalign_impl(out, align, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
+    // glibc 2.38+: the alignment must be a power of two.
+    if !align.is_power_of_two() {
+        set_errno(libc::EINVAL);
+        return ptr::null_mut();
+    }
+    alloc_aligned(align, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
+    memalign_impl(align, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn valloc(size: usize) -> *mut c_void {
+    alloc_aligned(PAGE_SIZE, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn pvalloc(size: usize) -> *mut c_void {
+    pvalloc_impl(size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
+    usable_size(p)
+}
+
+// glibc's internal names, which some programs and libraries call directly.
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
+    alloc(size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn __libc_free(p: *mut c_void) {
+    release(p, "free")
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn __libc_calloc(count: usize, size: usize) -> *mut c_void {
+    zeroed_alloc(count, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn __libc_realloc(p: *mut c_void, size: usize) -> *mut c_void {
+    resize(p, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
+    memalign_impl(align, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
+    alloc_aligned(PAGE_SIZE, size)
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn __libc_pvalloc(size: usize) -> *mut c_void {
+    pvalloc_impl(size)
+}
+
+/// # Safety
+/// `out` must be valid for a pointer write.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn __posix_memalign(out: *mut *mut c_void, align: usize, size: usize) -> c_int {
+    posix_memalign_impl(out, align, size)
+}
+
+// Tuning and statistics.
+
+/// Accepts glibc's parameters (returns 1) and ignores them: the heap
+/// tunes itself. Unknown parameters return 0, as in glibc.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn mallopt(param: c_int, _value: c_int) -> c_int {
+    const KNOWN: [c_int; 9] = [
+        libc::M_MXFAST,
+        libc::M_TRIM_THRESHOLD,
+        libc::M_TOP_PAD,
+        libc::M_MMAP_THRESHOLD,
+        libc::M_MMAP_MAX,
+        libc::M_CHECK_ACTION,
+        libc::M_PERTURB,
+        libc::M_ARENA_TEST,
+        libc::M_ARENA_MAX,
+    ];
+    KNOWN.contains(&param) as c_int
+}
+
+/// Returns free memory to the OS; 1 if any was released.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    HEAP.lock().trim() as c_int
+}
+
+fn snapshot() -> Snapshot {
+    Snapshot::of(&HEAP.lock())
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn mallinfo2() -> libc::mallinfo2 {
+    snapshot().mallinfo2()
+}
+
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn mallinfo() -> libc::mallinfo {
+    let m = snapshot().mallinfo2();
+    let int = |n: usize| n.min(c_int::MAX as usize) as c_int;
+    libc::mallinfo {
+        arena: int(m.arena),
+        ordblks: int(m.ordblks),
+        smblks: int(m.smblks),
+        hblks: int(m.hblks),
+        hblkhd: int(m.hblkhd),
+        usmblks: int(m.usmblks),
+        fsmblks: int(m.fsmblks),
+        uordblks: int(m.uordblks),
+        fordblks: int(m.fordblks),
+        keepcost: int(m.keepcost),
+    }
+}
+
+/// Prints glibc's summary to stderr.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub extern "C" fn malloc_stats() {
+    let s = snapshot();
+    let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
+    let _ = s.write_malloc_stats(&mut out);
+}
+
+/// Writes glibc-style XML to `stream`; `options` must be 0.
+///
+/// # Safety
+/// `stream` must be a valid `FILE`.
+#[cfg_attr(not(test), unsafe(no_mangle))]
+pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
+    if options != 0 {
+        set_errno(libc::EINVAL);
+        return -1;
+    }
+    let s = snapshot();
+    // stdio may allocate: it runs after the lock is released.
+    let mut out = ChunkWriter::new(|bytes: &[u8]| {
+        // SAFETY: the caller passes a valid FILE; the slice is live.
+        unsafe { libc::fwrite(bytes.as_ptr().cast(), 1, bytes.len(), stream) };
+    });
+    let _ = s.write_malloc_info(&mut out);
+    0
+}
+
+/// Walks the whole heap checking its invariants: 0 if it is consistent;
+/// otherwise prints the first broken invariant on stderr and returns -1.
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_check_heap() -> c_int {
+    let result = HEAP.lock().check();
+    match result {
+        Ok(()) => 0,
+        Err(what) => {
+            let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
+            let _ = writeln!(out, "pymalloc: heap check: {what}");
+            -1
+        }
+    }
+}
+
+/// The library's version, "MAJOR.MINOR.PATCH".
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_version() -> *const c_char {
+    concat!(env!("CARGO_PKG_VERSION"), "\0").as_ptr().cast()
+}

@@ -1,0 +1,172 @@
+//! Fatal error reports and the heap's invariant walk.
+
+use core::fmt::Write;
+
+use crate::arena::Arena;
+use crate::arena_map::Owner;
+use crate::geometry::{ARENA_SIZE, TIER_COUNT};
+use crate::heap::{Fault, Heap};
+use crate::pool::Pool;
+use crate::size_class::{NUM_CLASSES, class_info};
+use crate::stats::{ChunkWriter, write_fd};
+
+/// Reports heap misuse in one line on stderr and aborts. Called with the
+/// heap lock released, so that signal handlers run by `abort` can still
+/// allocate.
+#[cold]
+pub fn fatal(function: &str, fault: Fault, addr: *const u8) -> ! {
+    let what = match fault {
+        Fault::InvalidPointer => "invalid pointer",
+    };
+    {
+        let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
+        let _ = writeln!(out, "pymalloc: {function}(): {what} {addr:p}");
+    }
+    // SAFETY: abort never returns and is async-signal-safe.
+    unsafe { libc::abort() }
+}
+
+impl Heap {
+    /// Walks the whole heap and returns the first broken invariant, if any.
+    /// Costs a pass over every pool: for tests and explicit checks.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let mut result = Ok(());
+        self.for_each_arena(|arena| {
+            if result.is_ok() {
+                result = self.check_arena(arena);
+            }
+        });
+        result?;
+        for class in 0..NUM_CLASSES {
+            self.check_used_list(class)?;
+        }
+        for tier in 0..TIER_COUNT {
+            self.check_tier(tier)?;
+        }
+        Ok(())
+    }
+
+    fn check_arena(&self, arena: &Arena) -> Result<(), &'static str> {
+        let base = arena.base as usize;
+        if base % ARENA_SIZE != 0 {
+            return Err("arena not aligned to its size");
+        }
+        for granule in (base..base + ARENA_SIZE).step_by(crate::geometry::GRANULE_SIZE) {
+            if self.map().get(granule) != Some(Owner::Arena(arena as *const Arena as *mut Arena)) {
+                return Err("arena map does not name the arena");
+            }
+        }
+        if self.is_spare(arena) {
+            return Ok(());
+        }
+        if arena.next_unused > arena.ntotalpools || arena.nfreepools > arena.ntotalpools {
+            return Err("arena pool counts out of range");
+        }
+        let mut on_free_list = 0;
+        let mut cur = arena.freepools;
+        // SAFETY: free-pool lists hold pools of this arena's descriptor.
+        while let Some(pool) = unsafe { cur.as_ref() } {
+            if pool.ref_count != 0 || pool.arena as *const Arena != arena as *const Arena {
+                return Err("free-pool list holds a pool in use or of another arena");
+            }
+            on_free_list += 1;
+            if on_free_list > arena.ntotalpools {
+                return Err("free-pool list has a cycle");
+            }
+            cur = pool.nextpool;
+        }
+        let unborn = arena.ntotalpools - arena.next_unused;
+        if on_free_list + unborn != arena.nfreepools {
+            return Err("nfreepools disagrees with the free-pool list");
+        }
+        for pool in &arena.pools[..arena.next_unused as usize] {
+            if pool.ref_count > 0 {
+                check_pool(pool, arena)?;
+            }
+        }
+        Ok(())
+    }
+
+    fn check_used_list(&self, class: usize) -> Result<(), &'static str> {
+        let mut prev: *mut Pool = core::ptr::null_mut();
+        let mut cur = self.used_list(class);
+        let mut n = 0usize;
+        // SAFETY: used lists hold live pools.
+        while let Some(pool) = unsafe { cur.as_ref() } {
+            if pool.class as usize != class || pool.ref_count == 0 || pool.is_full() {
+                return Err("used list holds a pool of another class, empty or full");
+            }
+            if pool.prevpool != prev {
+                return Err("used list back link broken");
+            }
+            n += 1;
+            if n > 1 << 30 {
+                return Err("used list has a cycle");
+            }
+            prev = cur as *mut Pool;
+            cur = pool.nextpool;
+        }
+        Ok(())
+    }
+
+    fn check_tier(&self, tier: usize) -> Result<(), &'static str> {
+        let t = self.tier(tier);
+        let mut prev: *mut Arena = core::ptr::null_mut();
+        let mut cur = t.usable;
+        // SAFETY: usable lists hold live arenas.
+        while let Some(arena) = unsafe { cur.as_ref() } {
+            let nf = arena.nfreepools as usize;
+            if arena.tier as usize != tier || nf == 0 || nf >= arena.ntotalpools as usize {
+                return Err("usable arena of another tier, full or entirely free");
+            }
+            if arena.prevarena != prev {
+                return Err("usable list back link broken");
+            }
+            // SAFETY: as above.
+            let next = unsafe { arena.nextarena.as_ref() };
+            if let Some(next) = next {
+                if (next.nfreepools as usize) < nf {
+                    return Err("usable arenas not sorted by free pools");
+                }
+            }
+            let is_last = next.is_none_or(|next| next.nfreepools as usize != nf);
+            if is_last != (t.last_with(nf) == cur) {
+                return Err("last_with does not name the last arena with its count");
+            }
+            prev = cur;
+            cur = arena.nextarena;
+        }
+        Ok(())
+    }
+}
+
+fn check_pool(pool: &Pool, arena: &Arena) -> Result<(), &'static str> {
+    if (pool.class as usize) >= NUM_CLASSES || class_info(pool.class as usize).tier != arena.tier {
+        return Err("pool serves a class of another tier");
+    }
+    if pool.ref_count > pool.capacity() || pool.nextoffset > pool.maxnextoffset + pool.block_size {
+        return Err("pool counts out of range");
+    }
+    let mut free = 0;
+    let mut cur = pool.freeblock;
+    while !cur.is_null() {
+        if !pool_contains_carved(pool, cur as usize) {
+            return Err("free list link outside its pool");
+        }
+        free += 1;
+        if free > pool.capacity() {
+            return Err("free list has a cycle");
+        }
+        // SAFETY: cur is a carved block of this pool (checked above).
+        cur = unsafe { cur.cast::<*mut u8>().read() };
+    }
+    if pool.ref_count + free != pool.nextoffset / pool.block_size {
+        return Err("ref_count + free blocks != carved blocks");
+    }
+    Ok(())
+}
+
+fn pool_contains_carved(pool: &Pool, addr: usize) -> bool {
+    let offset = addr.wrapping_sub(pool.base as usize);
+    offset < pool.nextoffset as usize && offset % pool.block_size as usize == 0
+}

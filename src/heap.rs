@@ -1,0 +1,561 @@
+//! The heap: every size class, arena and large block, behind the global
+//! lock (`HEAP`). Each method is one operation of the C API minus argument
+//! checks and `errno`, which stay in `abi`.
+//!
+//! Nothing here allocates through `malloc`, touches thread-local storage
+//! (except libc's `errno`, inside `os`) or prints: it all runs with the
+//! lock held.
+
+use core::ptr;
+
+use parking_lot::lock_api::{Mutex, RawMutex};
+
+use crate::arena::{Arena, Tier};
+use crate::arena_map::{ArenaMap, Owner};
+use crate::geometry::{ARENA_SIZE, GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, TIER_COUNT};
+use crate::large::{self, LargeBlock, LargeCache};
+use crate::lock::FutexMutex;
+use crate::os;
+use crate::pool::Pool;
+use crate::size_class::{NUM_CLASSES, class_for_aligned, class_info, class_of};
+use crate::slab::Slab;
+
+/// The one heap of the process and its lock.
+pub static HEAP: Mutex<FutexMutex, Heap> = Mutex::from_raw(FutexMutex::INIT, Heap::new());
+
+/// A fresh block: null when out of memory; `zeroed` when its bytes are
+/// known to be zero (fresh from the OS), so `calloc` can skip clearing.
+#[derive(Clone, Copy)]
+pub struct Block {
+    pub ptr: *mut u8,
+    pub zeroed: bool,
+}
+
+impl Block {
+    const NONE: Block = Block { ptr: ptr::null_mut(), zeroed: false };
+}
+
+/// Heap misuse detected by an operation, reported by `abi` after the lock
+/// is released.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Fault {
+    /// Not the first byte of a live block of ours.
+    InvalidPointer,
+}
+
+/// What `realloc` must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// Done: the (possibly remapped) block now holds the new size.
+    Done(*mut u8),
+    /// The caller allocates anew, copies `min(usable, new size)` bytes
+    /// and frees the old block.
+    Move { usable: usize },
+    /// Out of memory; the old block is untouched.
+    Failed,
+}
+
+/// Totals kept as they change (the rest of the statistics are counted by
+/// walking the heap, see `stats`).
+#[derive(Clone, Copy, Default)]
+pub struct Counters {
+    pub arenas: usize,
+    pub large_blocks: usize,
+    pub large_bytes: usize,
+}
+
+pub struct Heap {
+    /// Per class, the pools with blocks both in use and free, most
+    /// recently refilled first.
+    usedpools: [*mut Pool; NUM_CLASSES],
+    tiers: [Tier; TIER_COUNT],
+    /// One entirely free arena kept mapped, so that a program hovering at
+    /// an arena boundary does not map and unmap one on every call.
+    spare: *mut Arena,
+    /// Every arena, the spare included.
+    all_arenas: *mut Arena,
+    map: ArenaMap,
+    arena_records: Slab<Arena>,
+    large_records: Slab<LargeBlock>,
+    large_cache: LargeCache,
+    pub counters: Counters,
+}
+
+// SAFETY: the raw pointers refer to memory owned by the heap alone, which
+// is only reached through `HEAP`'s lock (or a test's exclusive Heap).
+unsafe impl Send for Heap {}
+
+impl Heap {
+    pub const fn new() -> Self {
+        Heap {
+            usedpools: [ptr::null_mut(); NUM_CLASSES],
+            tiers: [const { Tier::new() }; TIER_COUNT],
+            spare: ptr::null_mut(),
+            all_arenas: ptr::null_mut(),
+            map: ArenaMap::new(),
+            arena_records: Slab::new(),
+            large_records: Slab::new(),
+            large_cache: LargeCache::new(),
+            counters: Counters { arenas: 0, large_blocks: 0, large_bytes: 0 },
+        }
+    }
+
+    /// A block of at least `n` bytes, aligned to `MIN_ALIGN`.
+    #[inline(always)]
+    pub fn alloc(&mut self, n: usize) -> Block {
+        if n <= MEDIUM_MAX {
+            self.alloc_class(class_of(n))
+        } else {
+            self.alloc_large(n, PAGE_SIZE)
+        }
+    }
+
+    /// A block of at least `n` bytes aligned to `align`, a power of two.
+    pub fn alloc_aligned(&mut self, align: usize, n: usize) -> Block {
+        if align <= MIN_ALIGN {
+            return self.alloc(n);
+        }
+        match class_for_aligned(n, align) {
+            Some(class) => self.alloc_class(class),
+            None => self.alloc_large(n, align.max(PAGE_SIZE)),
+        }
+    }
+
+    #[inline(always)]
+    fn alloc_class(&mut self, class: usize) -> Block {
+        let mut pool = *self.used_head(class);
+        if pool.is_null() {
+            pool = self.new_used_pool(class);
+            if pool.is_null() {
+                return Block::NONE;
+            }
+        }
+        // SAFETY: pools in usedpools are live and not full.
+        let pool = unsafe { &mut *pool };
+        let (ptr, zeroed) = pool.alloc();
+        if pool.is_full() {
+            self.unlink_used(pool);
+        }
+        Block { ptr, zeroed }
+    }
+
+    /// Frees the block at `p` (not null).
+    #[inline(always)]
+    pub fn free(&mut self, p: *mut u8) -> Result<(), Fault> {
+        match self.map.get(p as usize) {
+            Some(Owner::Arena(arena)) => {
+                // SAFETY: the map only names live arena descriptors.
+                let arena = unsafe { &mut *arena };
+                match arena.pool_at(p as usize) {
+                    Some(pool) if pool.owns_block(p as usize) => {
+                        self.free_block(pool, p);
+                        Ok(())
+                    }
+                    _ => Err(Fault::InvalidPointer),
+                }
+            }
+            // SAFETY: the map only names live large descriptors.
+            Some(Owner::Large(block)) if unsafe { (*block).base } == p => {
+                self.free_large(block);
+                Ok(())
+            }
+            _ => Err(Fault::InvalidPointer),
+        }
+    }
+
+    /// Bytes usable at `p` (not null).
+    pub fn usable_size(&mut self, p: *mut u8) -> Result<usize, Fault> {
+        match self.map.get(p as usize) {
+            Some(Owner::Arena(arena)) => {
+                // SAFETY: the map only names live arena descriptors.
+                let arena = unsafe { &mut *arena };
+                match arena.pool_at(p as usize) {
+                    Some(pool) if pool.owns_block(p as usize) => Ok(pool.block_size as usize),
+                    _ => Err(Fault::InvalidPointer),
+                }
+            }
+            // SAFETY: the map only names live large descriptors.
+            Some(Owner::Large(block)) if unsafe { (*block).base } == p => Ok(unsafe { (*block).len }),
+            _ => Err(Fault::InvalidPointer),
+        }
+    }
+
+    /// Resizes the block at `p` (not null) to `n` bytes (not zero) where
+    /// it is, or says how the caller must move it.
+    pub fn resize(&mut self, p: *mut u8, n: usize) -> Result<Resize, Fault> {
+        match self.map.get(p as usize) {
+            Some(Owner::Arena(arena)) => {
+                // SAFETY: the map only names live arena descriptors.
+                let arena = unsafe { &mut *arena };
+                match arena.pool_at(p as usize) {
+                    Some(pool) if pool.owns_block(p as usize) => {
+                        let usable = pool.block_size as usize;
+                        // Shrink by copying only when it saves a quarter (pymalloc).
+                        let stays = n <= usable && 4 * n > 3 * usable;
+                        Ok(if stays { Resize::Done(p) } else { Resize::Move { usable } })
+                    }
+                    _ => Err(Fault::InvalidPointer),
+                }
+            }
+            // SAFETY: the map only names live large descriptors.
+            Some(Owner::Large(block)) if unsafe { (*block).base } == p => {
+                // SAFETY: as above.
+                Ok(self.resize_large(unsafe { &mut *block }, n))
+            }
+            _ => Err(Fault::InvalidPointer),
+        }
+    }
+
+    #[inline(always)]
+    fn free_block(&mut self, pool: &mut Pool, p: *mut u8) {
+        let was_full = pool.is_full();
+        // SAFETY: `owns_block` vouched for p.
+        unsafe { pool.free(p) };
+        if pool.ref_count == 0 {
+            self.pool_emptied(pool, was_full);
+        } else if was_full {
+            self.link_used(pool);
+        }
+    }
+
+    /// The head of `class`'s list of used pools.
+    #[inline(always)]
+    fn used_head(&mut self, class: usize) -> &mut *mut Pool {
+        debug_assert!(class < NUM_CLASSES);
+        // SAFETY: every class index comes from `size_class` or from a pool
+        // serving a class, so class < NUM_CLASSES.
+        unsafe { self.usedpools.get_unchecked_mut(class) }
+    }
+
+    fn tier_mut(&mut self, tier: usize) -> &mut Tier {
+        debug_assert!(tier < TIER_COUNT);
+        // SAFETY: tiers come from the class table or an arena's `tier`,
+        // both < TIER_COUNT.
+        unsafe { self.tiers.get_unchecked_mut(tier) }
+    }
+
+    fn link_used(&mut self, pool: &mut Pool) {
+        let head = self.used_head(pool.class as usize);
+        pool.prevpool = ptr::null_mut();
+        pool.nextpool = *head;
+        // SAFETY: pools in usedpools are live.
+        if let Some(next) = unsafe { head.as_mut() } {
+            next.prevpool = pool;
+        }
+        *head = pool;
+    }
+
+    fn unlink_used(&mut self, pool: &mut Pool) {
+        // SAFETY: pools in usedpools are live.
+        unsafe {
+            match pool.prevpool.as_mut() {
+                Some(prev) => prev.nextpool = pool.nextpool,
+                None => *self.used_head(pool.class as usize) = pool.nextpool,
+            }
+            if let Some(next) = pool.nextpool.as_mut() {
+                next.prevpool = pool.prevpool;
+            }
+        }
+        pool.nextpool = ptr::null_mut();
+        pool.prevpool = ptr::null_mut();
+    }
+
+    /// Gives a pool to `class`, taking it from the tier's most used arena,
+    /// or from a new arena; null when out of memory.
+    #[cold]
+    fn new_used_pool(&mut self, class: usize) -> *mut Pool {
+        let tier = class_info(class).tier as usize;
+        let pool = match self.tier_mut(tier).take_pool() {
+            Some(pool) => pool,
+            None => {
+                if !self.add_arena(tier) {
+                    return ptr::null_mut();
+                }
+                match self.tier_mut(tier).take_pool() {
+                    Some(pool) => pool,
+                    None => return ptr::null_mut(),
+                }
+            }
+        };
+        // SAFETY: take_pool returns a live, empty pool of a live arena.
+        let pool = unsafe { &mut *pool };
+        // SAFETY: as above.
+        let pool_size = unsafe { (*pool.arena).pool_size() };
+        pool.init(class, pool_size);
+        self.link_used(pool);
+        pool
+    }
+
+    #[cold]
+    fn pool_emptied(&mut self, pool: &mut Pool, was_full: bool) {
+        if !was_full {
+            self.unlink_used(pool);
+        }
+        // SAFETY: a pool's arena outlives it.
+        let arena = unsafe { &mut *pool.arena };
+        if self.tier_mut(arena.tier as usize).return_pool(arena, pool) {
+            self.retire_arena(arena);
+        }
+    }
+
+    /// Adds a wholly free arena to `tier`: the spare, or a new mapping.
+    fn add_arena(&mut self, tier: usize) -> bool {
+        let arena = if !self.spare.is_null() {
+            core::mem::replace(&mut self.spare, ptr::null_mut())
+        } else {
+            let arena = self.map_arena();
+            if arena.is_null() {
+                return false;
+            }
+            arena
+        };
+        // SAFETY: the spare and new arenas are live and in no tier.
+        let arena = unsafe { &mut *arena };
+        arena.reset(tier);
+        self.tier_mut(tier).add_free_arena(arena);
+        true
+    }
+
+    fn map_arena(&mut self) -> *mut Arena {
+        let base = os::map_aligned(ARENA_SIZE, ARENA_SIZE);
+        if base.is_null() {
+            return ptr::null_mut();
+        }
+        let arena = self.arena_records.alloc();
+        if arena.is_null() || !self.map.insert(base as usize, ARENA_SIZE, Owner::Arena(arena)) {
+            // SAFETY: base was mapped just above and is unused; the record
+            // (if any) was just allocated.
+            unsafe {
+                os::unmap(base, ARENA_SIZE);
+                if !arena.is_null() {
+                    self.arena_records.free(arena);
+                }
+            }
+            return ptr::null_mut();
+        }
+        // SAFETY: the slot is ours; pool headers are written as pools are born.
+        unsafe {
+            let a = &mut *arena;
+            a.base = base;
+            a.dirty_end = 0;
+            a.prev_all = ptr::null_mut();
+            a.next_all = self.all_arenas;
+            if let Some(next) = self.all_arenas.as_mut() {
+                next.prev_all = arena;
+            }
+        }
+        self.all_arenas = arena;
+        self.counters.arenas += 1;
+        arena
+    }
+
+    /// Disposes of an arena whose pools are all free: it becomes the
+    /// spare, or goes back to the OS.
+    fn retire_arena(&mut self, arena: &mut Arena) {
+        if self.spare.is_null() {
+            self.spare = arena;
+        } else {
+            self.unmap_arena(arena);
+        }
+    }
+
+    fn unmap_arena(&mut self, arena: &mut Arena) {
+        // SAFETY: all-list neighbours are live descriptors.
+        unsafe {
+            match arena.prev_all.as_mut() {
+                Some(prev) => prev.next_all = arena.next_all,
+                None => self.all_arenas = arena.next_all,
+            }
+            if let Some(next) = arena.next_all.as_mut() {
+                next.prev_all = arena.prev_all;
+            }
+        }
+        self.map.remove(arena.base as usize, ARENA_SIZE);
+        self.counters.arenas -= 1;
+        // SAFETY: every pool is free, nothing refers to the arena any more.
+        unsafe {
+            os::unmap(arena.base, ARENA_SIZE);
+            self.arena_records.free(arena);
+        }
+    }
+
+    /// A large block of at least `n` bytes (and one granule) whose address
+    /// is a multiple of `align` (a power of two, at least a page).
+    fn alloc_large(&mut self, n: usize, align: usize) -> Block {
+        if n > MAX_REQUEST {
+            return Block::NONE;
+        }
+        let len = os::page_round_up(n.max(GRANULE_SIZE));
+        let (block, zeroed) = match self.large_cache.take(len, align) {
+            Some(block) => (block, false),
+            None => {
+                let base = os::map_aligned(len, align);
+                if base.is_null() {
+                    return Block::NONE;
+                }
+                let block = self.large_records.alloc();
+                if block.is_null() {
+                    // SAFETY: mapped just above, unused.
+                    unsafe { os::unmap(base, len) };
+                    return Block::NONE;
+                }
+                // SAFETY: the slot is ours.
+                unsafe { block.write(LargeBlock::new(base, len)) };
+                (block, true)
+            }
+        };
+        // SAFETY: `block` is a live descriptor owned by nobody else.
+        let b = unsafe { &mut *block };
+        if !self.map.insert(b.base as usize, GRANULE_SIZE, Owner::Large(block)) {
+            self.unmap_large(b);
+            return Block::NONE;
+        }
+        self.counters.large_blocks += 1;
+        self.counters.large_bytes += b.len;
+        Block { ptr: b.base, zeroed }
+    }
+
+    fn free_large(&mut self, block: *mut LargeBlock) {
+        // SAFETY: the caller found it in the map, so it is live.
+        let b = unsafe { &mut *block };
+        self.map.remove(b.base as usize, GRANULE_SIZE);
+        self.counters.large_blocks -= 1;
+        self.counters.large_bytes -= b.len;
+        if LargeCache::accepts(b.len) {
+            let evicted = self.large_cache.insert(b);
+            self.unmap_large_list(evicted);
+        } else {
+            self.unmap_large(b);
+        }
+    }
+
+    fn unmap_large(&mut self, block: &mut LargeBlock) {
+        // SAFETY: the block is out of the map and the cache: nobody uses it.
+        unsafe {
+            os::unmap(block.base, block.len);
+            self.large_records.free(block);
+        }
+    }
+
+    fn unmap_large_list(&mut self, mut list: *mut LargeBlock) {
+        // SAFETY: lists from the cache hold live descriptors it let go of.
+        while let Some(block) = unsafe { list.as_mut() } {
+            list = large::next_in_list(block);
+            self.unmap_large(block);
+        }
+    }
+
+    fn resize_large(&mut self, b: &mut LargeBlock, n: usize) -> Resize {
+        if n <= MEDIUM_MAX && n < b.len / 2 {
+            return Resize::Move { usable: b.len }; // into an arena, releasing the mapping
+        }
+        if n > MAX_REQUEST {
+            return Resize::Failed;
+        }
+        let len = os::page_round_up(n.max(GRANULE_SIZE));
+        if len <= b.len {
+            if len < b.len {
+                // SAFETY: the tail beyond `len` is ours and the caller gave it up.
+                unsafe { os::shrink(b.base, b.len, len) };
+                self.counters.large_bytes -= b.len - len;
+                b.len = len;
+            }
+            return Resize::Done(b.base);
+        }
+        // SAFETY: b is one whole mapping of ours.
+        if unsafe { os::grow_in_place(b.base, b.len, len) } {
+            self.counters.large_bytes += len - b.len;
+            b.len = len;
+            return Resize::Done(b.base);
+        }
+        // Move: reserve the destination first so that it can be entered in
+        // the map before the pages move (the map may need a new leaf).
+        let target = os::map(len);
+        if target.is_null() {
+            return Resize::Failed;
+        }
+        let block: *mut LargeBlock = b;
+        if !self.map.insert(target as usize, GRANULE_SIZE, Owner::Large(block)) {
+            // SAFETY: mapped just above, unused.
+            unsafe { os::unmap(target, len) };
+            return Resize::Failed;
+        }
+        // SAFETY: b is one whole mapping of ours; target is ours and unused.
+        if !unsafe { os::move_onto(b.base, b.len, len, target) } {
+            self.map.remove(target as usize, GRANULE_SIZE);
+            // SAFETY: as above.
+            unsafe { os::unmap(target, len) };
+            return Resize::Failed;
+        }
+        self.map.remove(b.base as usize, GRANULE_SIZE);
+        self.counters.large_bytes += len - b.len;
+        b.base = target;
+        b.len = len;
+        Resize::Done(target)
+    }
+
+    /// Gives back to the OS all memory that holds no live block: empty
+    /// pools are decommitted, the spare arena and cached mappings unmapped.
+    /// True if anything was released.
+    pub fn trim(&mut self) -> bool {
+        let mut released = false;
+        // SAFETY: the spare is a live descriptor in no tier.
+        if let Some(spare) = unsafe { self.spare.as_mut() } {
+            self.spare = ptr::null_mut();
+            self.unmap_arena(spare);
+            released = true;
+        }
+        let cached = self.large_cache.drain();
+        released |= !cached.is_null();
+        self.unmap_large_list(cached);
+        let mut cur = self.all_arenas;
+        // SAFETY: the all-arena list holds live descriptors.
+        while let Some(arena) = unsafe { cur.as_mut() } {
+            cur = arena.next_all;
+            let pool_size = arena.pool_size();
+            let mut free = arena.freepools;
+            // SAFETY: free-pool lists hold born, empty pools of this arena.
+            while let Some(pool) = unsafe { free.as_mut() } {
+                free = pool.nextpool;
+                if pool.dirty_end != 0 {
+                    // SAFETY: an empty pool holds no live block.
+                    unsafe { os::decommit(pool.base, pool_size) };
+                    pool.decommitted();
+                    released = true;
+                }
+            }
+        }
+        released
+    }
+
+    /// Calls `f` on every arena (the spare included) - for statistics and
+    /// invariant checks.
+    pub fn for_each_arena(&self, mut f: impl FnMut(&Arena)) {
+        let mut cur = self.all_arenas;
+        // SAFETY: the all-arena list holds live descriptors.
+        while let Some(arena) = unsafe { cur.as_ref() } {
+            f(arena);
+            cur = arena.next_all;
+        }
+    }
+
+    pub fn map(&self) -> &ArenaMap {
+        &self.map
+    }
+
+    pub fn used_list(&self, class: usize) -> *mut Pool {
+        self.usedpools[class]
+    }
+
+    pub fn tier(&self, tier: usize) -> &Tier {
+        &self.tiers[tier]
+    }
+
+    pub fn large_cache(&self) -> &LargeCache {
+        &self.large_cache
+    }
+
+    pub fn is_spare(&self, arena: &Arena) -> bool {
+        ptr::eq(self.spare, arena)
+    }
+}

@@ -1,0 +1,11 @@
+//! Start-up. The heap needs no initialisation: it is a `const` static, so
+//! the first `malloc` (from ld.so, libc or another library's constructor,
+//! before ours runs) finds it ready. The constructor only does what must
+//! not happen on the first `malloc`: registering the fork handlers, whose
+//! registration allocates.
+
+#[cfg(not(test))]
+#[ctor::ctor(unsafe)]
+fn init() {
+    crate::fork::install();
+}

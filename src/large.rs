@@ -1,0 +1,118 @@
+//! Large blocks (above `MEDIUM_MAX`, or aligned beyond what a class
+//! offers): one private mapping each, starting at the block.
+//!
+//! Descriptors live in a slab, not in front of the block, so a buffer
+//! underflow cannot corrupt them. Freed mappings wait in a small cache
+//! (most recent first) so that a program that repeatedly allocates and
+//! frees big buffers does not pay a system call and page faults each time.
+
+use core::ptr;
+
+/// One large block: the mapping `base..base+len`, all of it usable.
+pub struct LargeBlock {
+    pub base: *mut u8,
+    pub len: usize,
+    /// Neighbours in the cache while the mapping is cached.
+    next: *mut LargeBlock,
+    prev: *mut LargeBlock,
+}
+
+impl LargeBlock {
+    pub fn new(base: *mut u8, len: usize) -> Self {
+        LargeBlock { base, len, next: ptr::null_mut(), prev: ptr::null_mut() }
+    }
+}
+
+/// Most mappings and bytes the cache holds.
+const CACHE_MAX_ENTRIES: usize = 16;
+const CACHE_MAX_BYTES: usize = 64 << 20;
+
+/// Freed mappings, most recently freed first.
+pub struct LargeCache {
+    head: *mut LargeBlock,
+    tail: *mut LargeBlock,
+    pub entries: usize,
+    pub bytes: usize,
+}
+
+impl LargeCache {
+    pub const fn new() -> Self {
+        LargeCache { head: ptr::null_mut(), tail: ptr::null_mut(), entries: 0, bytes: 0 }
+    }
+
+    /// Takes the most recent cached mapping that fits `len` bytes at
+    /// alignment `align` without wasting more than a quarter of it.
+    pub fn take(&mut self, len: usize, align: usize) -> Option<*mut LargeBlock> {
+        let mut cur = self.head;
+        // SAFETY: cached descriptors are live and linked only here.
+        while let Some(block) = unsafe { cur.as_mut() } {
+            let fits = block.len >= len && block.len - len <= block.len / 4;
+            if fits && block.base as usize % align == 0 {
+                self.unlink(block);
+                return Some(block);
+            }
+            cur = block.next;
+        }
+        None
+    }
+
+    /// Whether a mapping of `len` bytes may be cached at all.
+    pub fn accepts(len: usize) -> bool {
+        len <= CACHE_MAX_BYTES / 4
+    }
+
+    /// Caches a freed mapping; returns the mappings it pushed out (oldest
+    /// first, linked through `next`) for the caller to unmap.
+    pub fn insert(&mut self, block: &mut LargeBlock) -> *mut LargeBlock {
+        let mut evicted: *mut LargeBlock = ptr::null_mut();
+        while self.entries >= CACHE_MAX_ENTRIES || self.bytes + block.len > CACHE_MAX_BYTES {
+            // SAFETY: the cache is non-empty here (block.len alone fits),
+            // and its tail is a live descriptor.
+            let oldest = unsafe { &mut *self.tail };
+            self.unlink(oldest);
+            oldest.next = evicted;
+            evicted = oldest;
+        }
+        block.prev = ptr::null_mut();
+        block.next = self.head;
+        // SAFETY: as in `take`.
+        match unsafe { self.head.as_mut() } {
+            Some(head) => head.prev = block,
+            None => self.tail = block,
+        }
+        self.head = block;
+        self.entries += 1;
+        self.bytes += block.len;
+        evicted
+    }
+
+    /// Empties the cache; returns its mappings linked through `next`.
+    pub fn drain(&mut self) -> *mut LargeBlock {
+        let all = self.head;
+        *self = LargeCache::new();
+        all
+    }
+
+    fn unlink(&mut self, block: &mut LargeBlock) {
+        // SAFETY: as in `take`.
+        unsafe {
+            match block.prev.as_mut() {
+                Some(prev) => prev.next = block.next,
+                None => self.head = block.next,
+            }
+            match block.next.as_mut() {
+                Some(next) => next.prev = block.prev,
+                None => self.tail = block.prev,
+            }
+        }
+        block.next = ptr::null_mut();
+        block.prev = ptr::null_mut();
+        self.entries -= 1;
+        self.bytes -= block.len;
+    }
+}
+
+/// Walks a list returned by `insert` or `drain`.
+pub fn next_in_list(block: &LargeBlock) -> *mut LargeBlock {
+    block.next
+}

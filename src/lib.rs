@@ -1,0 +1,79 @@
+//! pymalloc-rs: a drop-in replacement for the C allocator over the design
+//! of CPython's small-object allocator (`Objects/obmalloc.c`).
+//!
+//! # Memory layout
+//!
+//! ```text
+//!  OS (mmap) ──► arena: ARENA_SIZE bytes, aligned to ARENA_SIZE
+//!                ┌──────────┬──────────┬──────────┬─────┬──────────┐
+//!                │  pool 0  │  pool 1  │  pool 2  │ ... │ pool n-1 │  pools of one tier
+//!                └──────────┴──────────┴──────────┴─────┴──────────┘
+//!                pool: blocks of one size class, carved lazily
+//!                ┌─────┬─────┬─────┬─────┬───────────────────────────┐
+//!                │ blk │ blk │free │ blk │ never touched ...         │
+//!                └─────┴─────┴──┬──┴─────┴───────────────────────────┘
+//!                               └─► free list (link in the first word)
+//!
+//!  descriptors (slab, from mmap):  Arena { pools: [Pool; n], free-pool list, ... }
+//!                                  LargeBlock { base, len }
+//!  arena map (radix tree):        address >> 17 ──► Arena | LargeBlock
+//! ```
+//!
+//! | request               | served by                                          |
+//! |-----------------------|----------------------------------------------------|
+//! | 0 ..= 512 B           | 32 small classes, 16 B apart, in the smallest pools |
+//! | 513 B ..= 128 KiB     | 32 medium classes, 4 per power of two, in pools of 4x, 16x, 64x the smallest |
+//! | above 128 KiB         | a private mapping each (`large`), with a small cache |
+//! | aligned               | the smallest class whose size is a multiple of the alignment, else a mapping |
+//!
+//! With the default geometry (CPython 3.10+), pools are 16 KiB / 64 KiB /
+//! 256 KiB / 1 MiB in 1 MiB arenas; the classic geometry (feature
+//! `classic-geometry`) uses 4 KiB / 16 KiB / 64 KiB / 256 KiB in 256 KiB
+//! arenas. Everything about sizes lives in `geometry` and `size_class`.
+//!
+//! # Invariants
+//!
+//! - A pool is unborn, used (in `usedpools[class]`), full (in no list) or
+//!   empty (on its arena's free-pool list); see `pool`.
+//! - Each tier's usable arenas are sorted by free pools, most used first,
+//!   kept in O(1) per change; entirely free arenas leave the list and are
+//!   unmapped, except one spare; see `arena`.
+//! - Every pointer passed to `free`, `realloc` or `malloc_usable_size` is
+//!   looked up in the arena map and must be the first byte of a live
+//!   block; anything else aborts with a message (`debug::fatal`).
+//! - Every block is 16-byte aligned; a block's alignment is the lowest
+//!   set bit of its class size.
+//!
+//! # Locking rules
+//!
+//! One global lock (`heap::HEAP`, a futex mutex behind `lock_api`, see
+//! `lock`) guards the whole heap. While it is held the code never calls
+//! `malloc`, never touches thread-local storage (other than libc's errno),
+//! never prints and never panics; system calls that may fail leave errno
+//! alone. Anything that may allocate (stdio in `malloc_info`, `abort`'s
+//! signal handlers, `pthread_atfork`) runs after the lock is released.
+//! `fork` takes the lock in its prepare handler (`fork`). The heap is a
+//! `const` static, so the first `malloc`, which can come before any
+//! constructor, needs no initialisation (`init`).
+//!
+//! The crate is `no_std` outside tests and allocates nothing of its own.
+
+#![cfg_attr(not(test), no_std)]
+
+mod abi;
+mod arena;
+mod arena_map;
+mod debug;
+mod fork;
+mod geometry;
+mod heap;
+mod init;
+mod large;
+mod lock;
+mod os;
+mod pool;
+mod size_class;
+mod slab;
+mod stats;
+
+pub use abi::{pymalloc_check_heap, pymalloc_version};

@@ -1,0 +1,145 @@
+//! The only place that talks to the kernel about memory: map, unmap,
+//! remap and decommit.
+//!
+//! Contract: every function is safe to call with the heap lock held (no
+//! allocation, no thread-local storage beyond libc's `errno`), returns
+//! null/false on failure instead of reporting, and leaves `errno` as it
+//! found it, so that `free` and successful allocations never change it.
+
+use core::ptr;
+
+use crate::geometry::PAGE_SIZE;
+
+/// Saves `errno` and restores it when dropped.
+pub struct KeepErrno(i32);
+
+impl KeepErrno {
+    pub fn new() -> Self {
+        // SAFETY: __errno_location returns this thread's errno slot, valid
+        // for the thread's lifetime; it does not allocate.
+        KeepErrno(unsafe { *libc::__errno_location() })
+    }
+}
+
+impl Drop for KeepErrno {
+    fn drop(&mut self) {
+        // SAFETY: as in `new`.
+        unsafe { *libc::__errno_location() = self.0 };
+    }
+}
+
+pub fn set_errno(value: i32) {
+    // SAFETY: as in `KeepErrno::new`.
+    unsafe { *libc::__errno_location() = value };
+}
+
+pub const fn page_round_up(n: usize) -> usize {
+    (n + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
+}
+
+/// Maps `len` bytes (a multiple of the page size) of fresh zeroed memory.
+pub fn map(len: usize) -> *mut u8 {
+    let _keep = KeepErrno::new();
+    // SAFETY: an anonymous private mapping at an address of the kernel's
+    // choosing cannot alias any existing object.
+    let p = unsafe {
+        libc::mmap(
+            ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED { ptr::null_mut() } else { p.cast() }
+}
+
+/// Maps `len` bytes aligned to `align` (a power of two above the page
+/// size) by over-mapping and trimming both ends.
+pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
+    if align <= PAGE_SIZE {
+        return map(len);
+    }
+    let Some(span) = len.checked_add(align - PAGE_SIZE) else {
+        return ptr::null_mut();
+    };
+    let raw = map(span);
+    if raw.is_null() {
+        return raw;
+    }
+    let start = raw as usize;
+    let aligned = (start + align - 1) & !(align - 1);
+    let head = aligned - start;
+    let tail = span - head - len;
+    // SAFETY: both trimmed ranges lie inside the mapping made just above
+    // and nothing refers to them.
+    unsafe {
+        if head > 0 {
+            unmap(raw, head);
+        }
+        if tail > 0 {
+            unmap((aligned + len) as *mut u8, tail);
+        }
+    }
+    aligned as *mut u8
+}
+
+/// Unmaps a range returned by `map` or `map_aligned`.
+///
+/// # Safety
+/// The range must be a mapping (or part of one) that this crate made and
+/// that nothing will access again.
+pub unsafe fn unmap(p: *mut u8, len: usize) {
+    let _keep = KeepErrno::new();
+    // SAFETY: the caller guarantees the range is ours and dead.
+    unsafe { libc::munmap(p.cast(), len) };
+}
+
+/// Grows a mapping where it is; false if the pages after it are taken.
+///
+/// # Safety
+/// `p..p+old_len` must be one whole mapping made by this crate.
+pub unsafe fn grow_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool {
+    let _keep = KeepErrno::new();
+    // SAFETY: the caller guarantees the range is one of our mappings;
+    // without MREMAP_MAYMOVE it cannot move.
+    unsafe { libc::mremap(p.cast(), old_len, new_len, 0) != libc::MAP_FAILED }
+}
+
+/// Moves the pages of mapping `p..p+old_len` to `target`, growing it to
+/// `new_len` bytes and replacing what was mapped there; false (nothing
+/// changed) on failure.
+///
+/// # Safety
+/// `p..p+old_len` must be one whole mapping of ours, and
+/// `target..target+new_len` a mapping of ours that nothing uses.
+pub unsafe fn move_onto(p: *mut u8, old_len: usize, new_len: usize, target: *mut u8) -> bool {
+    let _keep = KeepErrno::new();
+    // SAFETY: as the caller guarantees; MREMAP_FIXED replaces only `target`.
+    let q = unsafe {
+        libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, target)
+    };
+    q != libc::MAP_FAILED
+}
+
+/// Shrinks a mapping in place to `new_len` bytes.
+///
+/// # Safety
+/// `p..p+old_len` must be one whole mapping made by this crate and
+/// nothing may access its tail beyond `new_len` again.
+pub unsafe fn shrink(p: *mut u8, old_len: usize, new_len: usize) {
+    // SAFETY: the tail is ours and dead, as the caller guarantees.
+    unsafe { unmap(p.add(new_len), old_len - new_len) };
+}
+
+/// Gives the pages back to the kernel but keeps the range mapped: the
+/// next touch faults in zeroed pages.
+///
+/// # Safety
+/// The range must be ours and hold nothing anyone will read again.
+pub unsafe fn decommit(p: *mut u8, len: usize) {
+    let _keep = KeepErrno::new();
+    // SAFETY: the caller guarantees the range is ours and dead.
+    unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) };
+}
