@@ -190,8 +190,9 @@ impl Heap {
                 match arena.pool_at(p as usize) {
                     Some(pool) if pool.owns_block(p as usize) => {
                         let usable = pool.block_size as usize;
-                        // Shrink by copying only when it saves a quarter (pymalloc).
-                        let stays = n <= usable && 4 * n > 3 * usable;
+                        // Shrink by copying only into a smaller class, and only
+                        // when that saves a quarter (as pymalloc does).
+                        let stays = n <= usable && (4 * n > 3 * usable || class_of(n) == pool.class as usize);
                         Ok(if stays { Resize::Done(p) } else { Resize::Move { usable } })
                     }
                     _ => Err(Fault::InvalidPointer),

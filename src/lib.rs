@@ -77,3 +77,6 @@ mod slab;
 mod stats;
 
 pub use abi::{pymalloc_check_heap, pymalloc_version};
+
+#[cfg(test)]
+mod model_tests;

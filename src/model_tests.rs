@@ -1,0 +1,301 @@
+//! Model tests of the heap: random operation sequences against a shadow
+//! of every live block, with the invariant walk on throughout.
+
+use std::collections::BTreeMap;
+
+use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE};
+use crate::heap::{Block, Fault, Heap, Resize};
+
+/// xorshift64*: deterministic, no dependencies.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+
+    /// Mostly small, some medium, a few large sizes.
+    fn size(&mut self) -> usize {
+        match self.below(100) {
+            0..=69 => self.below(513) as usize,
+            70..=94 => 513 + self.below((MEDIUM_MAX - 512) as u64) as usize,
+            _ => MEDIUM_MAX + 1 + self.below(4 << 20) as usize,
+        }
+    }
+}
+
+fn new_heap() -> Box<Heap> {
+    Box::new(Heap::new())
+}
+
+/// The shadow: every live block, by address, with its usable size and the
+/// byte it was filled with.
+#[derive(Default)]
+struct Shadow {
+    live: BTreeMap<usize, (usize, u8)>,
+}
+
+/// Offsets of `len` bytes that the model writes and checks: all of a small
+/// block, a sample of a big one (both ends and one byte per page).
+fn probe_offsets(len: usize) -> impl Iterator<Item = usize> {
+    let dense = len <= 4096;
+    (0..len).filter(move |&i| dense || i < 64 || i >= len - 64 || i % PAGE_SIZE == 0)
+}
+
+impl Shadow {
+    fn add(&mut self, p: *mut u8, requested: usize, usable: usize, align: usize, fill: u8) {
+        let addr = p as usize;
+        assert!(!p.is_null());
+        assert_eq!(addr % align.max(MIN_ALIGN), 0, "misaligned block {p:p} for align {align}");
+        assert!(usable >= requested, "usable {usable} < requested {requested}");
+        if let Some((&prev, &(len, _))) = self.live.range(..=addr).next_back() {
+            assert!(prev + len <= addr, "{p:p} overlaps the block at {prev:#x}+{len}");
+        }
+        if let Some((&next, _)) = self.live.range(addr..).next() {
+            assert!(addr + usable <= next, "{p:p}+{usable} overlaps the block at {next:#x}");
+        }
+        for i in probe_offsets(usable) {
+            // SAFETY: i < usable, which the heap promised is ours to write.
+            unsafe { p.add(i).write(fill) };
+        }
+        self.live.insert(addr, (usable, fill));
+    }
+
+    fn verify(&self, addr: usize) {
+        let (len, fill) = self.live[&addr];
+        for i in probe_offsets(len) {
+            // SAFETY: a live block of ours, written by `add`.
+            let byte = unsafe { (addr as *const u8).add(i).read() };
+            assert_eq!(byte, fill, "block {addr:#x} byte {i} was overwritten");
+        }
+    }
+
+    fn remove(&mut self, addr: usize) -> (usize, u8) {
+        self.verify(addr);
+        self.live.remove(&addr).unwrap()
+    }
+
+    fn pick(&self, rng: &mut Rng) -> Option<usize> {
+        if self.live.is_empty() {
+            return None;
+        }
+        let target = rng.next() as usize;
+        self.live.range(target..).next().or_else(|| self.live.iter().next()).map(|(&a, _)| a)
+    }
+}
+
+fn check_zeroed(block: Block, n: usize) {
+    if block.zeroed {
+        for i in probe_offsets(n) {
+            // SAFETY: a fresh block of at least n bytes.
+            assert_eq!(unsafe { block.ptr.add(i).read() }, 0, "zeroed block has a dirty byte {i}");
+        }
+    }
+}
+
+fn run_model(seed: u64, steps: usize) {
+    let mut heap = new_heap();
+    let mut rng = Rng(seed);
+    let mut shadow = Shadow::default();
+    for step in 0..steps {
+        let fill = (step % 251) as u8 + 1;
+        match rng.below(10) {
+            0..=3 => {
+                let n = rng.size();
+                let block = heap.alloc(n);
+                check_zeroed(block, n);
+                let usable = heap.usable_size(block.ptr).unwrap();
+                shadow.add(block.ptr, n, usable, 1, fill);
+            }
+            4 => {
+                let align = 1usize << rng.below(22);
+                let n = rng.size() / 4;
+                let block = heap.alloc_aligned(align, n);
+                check_zeroed(block, n);
+                let usable = heap.usable_size(block.ptr).unwrap();
+                shadow.add(block.ptr, n, usable, align, fill);
+            }
+            5..=7 => {
+                if let Some(addr) = shadow.pick(&mut rng) {
+                    shadow.remove(addr);
+                    heap.free(addr as *mut u8).unwrap();
+                }
+            }
+            _ => {
+                let Some(addr) = shadow.pick(&mut rng) else { continue };
+                let n = rng.size().max(1);
+                let (old_usable, old_fill) = shadow.remove(addr);
+                match heap.resize(addr as *mut u8, n).unwrap() {
+                    Resize::Done(q) => {
+                        let usable = heap.usable_size(q).unwrap();
+                        // The kept prefix must still hold the old fill.
+                        let kept = old_usable.min(n);
+                        for i in probe_offsets(old_usable).take_while(|&i| i < kept) {
+                            // SAFETY: q is live with at least `kept` bytes.
+                            assert_eq!(unsafe { q.add(i).read() }, old_fill, "resize lost byte {i}");
+                        }
+                        shadow.add(q, n, usable, 1, fill);
+                    }
+                    Resize::Move { usable } => {
+                        assert_eq!(usable, old_usable);
+                        let block = heap.alloc(n);
+                        heap.free(addr as *mut u8).unwrap();
+                        let usable = heap.usable_size(block.ptr).unwrap();
+                        shadow.add(block.ptr, n, usable, 1, fill);
+                    }
+                    Resize::Failed => panic!("resize of {n} bytes failed"),
+                }
+            }
+        }
+        if step % 500 == 0 {
+            heap.check().unwrap();
+        }
+    }
+    heap.check().unwrap();
+    let live: Vec<usize> = shadow.live.keys().copied().collect();
+    for addr in live {
+        shadow.remove(addr);
+        heap.free(addr as *mut u8).unwrap();
+    }
+    heap.check().unwrap();
+    assert!(heap.counters.arenas <= 1, "{} arenas left after freeing everything", heap.counters.arenas);
+    assert_eq!(heap.counters.large_blocks, 0);
+    heap.trim();
+    assert_eq!(heap.counters.arenas, 0);
+    heap.check().unwrap();
+}
+
+#[test]
+fn random_sequences_match_the_shadow() {
+    for seed in 1..=8 {
+        run_model(seed * 0x9e37_79b9_7f4a_7c15, 6_000);
+    }
+}
+
+#[test]
+fn foreign_and_interior_pointers_are_rejected() {
+    let mut heap = new_heap();
+    let mut local = 0u64;
+    let stack = (&raw mut local).cast::<u8>();
+    assert_eq!(heap.free(stack), Err(Fault::InvalidPointer));
+    assert_eq!(heap.usable_size(stack), Err(Fault::InvalidPointer));
+    for n in [16, 100, 4000, 100_000, 1 << 20] {
+        let p = heap.alloc(n).ptr;
+        // SAFETY: pointer arithmetic inside the block; never dereferenced.
+        let inner = unsafe { p.add(16) };
+        assert_eq!(heap.free(inner), Err(Fault::InvalidPointer), "interior of {n}");
+        assert_eq!(heap.resize(inner, 10), Err(Fault::InvalidPointer));
+        heap.free(p).unwrap();
+    }
+    // A pointer into a pool that is now empty, and one past the carved part.
+    let p = heap.alloc(48).ptr;
+    let q = heap.alloc(48).ptr;
+    heap.free(p).unwrap();
+    heap.free(q).unwrap();
+    assert_eq!(heap.free(p), Err(Fault::InvalidPointer));
+    let r = heap.alloc(48).ptr;
+    // SAFETY: arithmetic only.
+    assert_eq!(heap.free(unsafe { r.add(48 * 10) }), Err(Fault::InvalidPointer));
+    heap.free(r).unwrap();
+    heap.check().unwrap();
+}
+
+#[test]
+fn zeroed_means_zero_and_recycled_means_not() {
+    for n in [1, 48, 512, 1000, 20_000, MEDIUM_MAX, MEDIUM_MAX + 1, 3 << 20] {
+        let mut heap = new_heap();
+        let first = heap.alloc(n);
+        assert!(first.zeroed, "a fresh {n}-byte block should be known zero");
+        check_zeroed(first, n);
+        // SAFETY: a live block of n bytes.
+        unsafe { first.ptr.write_bytes(0xab, n) };
+        heap.free(first.ptr).unwrap();
+        let again = heap.alloc(n);
+        if again.ptr == first.ptr {
+            assert!(!again.zeroed, "a recycled {n}-byte block is dirty");
+        }
+        heap.free(again.ptr).unwrap();
+    }
+}
+
+#[test]
+fn empty_arenas_go_back_to_the_os() {
+    let mut heap = new_heap();
+    let mut blocks = Vec::new();
+    for i in 0..200_000 {
+        blocks.push(heap.alloc(16 + (i % 32) * 16).ptr);
+    }
+    let peak = heap.counters.arenas;
+    assert!(peak * ARENA_SIZE >= 200_000 * 16);
+    // Free in an interleaved order so that arenas empty at different times.
+    for parity in 0..2 {
+        for (i, p) in blocks.iter().enumerate() {
+            if i % 2 == parity {
+                heap.free(*p).unwrap();
+            }
+        }
+        heap.check().unwrap();
+    }
+    assert_eq!(heap.counters.arenas, 1, "only the spare should be left of {peak}");
+}
+
+#[test]
+fn new_pools_come_from_the_most_used_arena() {
+    let mut heap = new_heap();
+    // Fill several arenas of the smallest tier with one-block-per-pool
+    // classes, then empty most pools of the first arenas.
+    let per_arena = crate::geometry::MAX_POOLS_PER_ARENA;
+    let mut pools = Vec::new();
+    for _ in 0..4 * per_arena {
+        pools.push(heap.alloc_aligned(crate::geometry::POOL_SIZE / 2, 1).ptr);
+    }
+    heap.check().unwrap();
+    // Free a different number of pools in each arena.
+    for (i, p) in pools.iter().enumerate() {
+        let arena = i / per_arena;
+        if i % per_arena < arena * 3 + 1 {
+            heap.free(*p).unwrap();
+            heap.check().unwrap();
+        }
+    }
+    heap.check().unwrap();
+}
+
+#[test]
+fn large_blocks_reuse_the_cache_and_grow_in_place_or_move() {
+    let mut heap = new_heap();
+    let p = heap.alloc(1 << 20).ptr;
+    heap.free(p).unwrap();
+    let q = heap.alloc(1 << 20).ptr;
+    assert_eq!(p, q, "a freed mapping of the same size comes back from the cache");
+    // SAFETY: 1 MiB block.
+    unsafe { q.write_bytes(7, 1 << 20) };
+    let Resize::Done(r) = heap.resize(q, 64 << 20).unwrap() else { panic!("large growth moves by remapping") };
+    // SAFETY: r holds the old 1 MiB prefix.
+    assert!(unsafe { std::slice::from_raw_parts(r, 1 << 20) }.iter().all(|&b| b == 7));
+    assert_eq!(heap.usable_size(r).unwrap(), 64 << 20);
+    let Resize::Done(s) = heap.resize(r, 200 << 10).unwrap() else { panic!() };
+    assert_eq!(s, r, "shrinking stays in place");
+    assert!(heap.usable_size(s).unwrap() < 300 << 10);
+    assert_eq!(heap.resize(s, 1000).unwrap(), Resize::Move { usable: heap.usable_size(s).unwrap() });
+    heap.free(s).unwrap();
+    assert!(heap.trim());
+    assert_eq!(heap.counters.large_blocks, 0);
+}
+
+#[test]
+fn header_matches_build_output() {
+    let generated = include_str!(concat!(env!("OUT_DIR"), "/pymalloc.h"));
+    let committed = include_str!("../include/pymalloc.h");
+    assert!(
+        generated == committed,
+        "include/pymalloc.h is stale: run `PYMALLOC_BLESS_HEADER=1 cargo build` and commit it"
+    );
+}
