@@ -79,7 +79,7 @@ impl Heap {
         if on_free_list + unborn != arena.nfreepools {
             return Err("nfreepools disagrees with the free-pool list");
         }
-        for pool in &arena.pools[..arena.next_unused as usize] {
+        for pool in arena.pools.iter().take(arena.next_unused as usize) {
             if pool.ref_count > 0 {
                 check_pool(pool, arena)?;
             }
@@ -160,7 +160,7 @@ fn check_pool(pool: &Pool, arena: &Arena) -> Result<(), &'static str> {
         // SAFETY: cur is a carved block of this pool (checked above).
         cur = unsafe { cur.cast::<*mut u8>().read() };
     }
-    if pool.ref_count + free != pool.nextoffset / pool.block_size {
+    if Some(pool.ref_count + free) != pool.nextoffset.checked_div(pool.block_size) {
         return Err("ref_count + free blocks != carved blocks");
     }
     Ok(())
@@ -168,5 +168,5 @@ fn check_pool(pool: &Pool, arena: &Arena) -> Result<(), &'static str> {
 
 fn pool_contains_carved(pool: &Pool, addr: usize) -> bool {
     let offset = addr.wrapping_sub(pool.base as usize);
-    offset < pool.nextoffset as usize && offset % pool.block_size as usize == 0
+    offset < pool.nextoffset as usize && offset.checked_rem(pool.block_size as usize) == Some(0)
 }

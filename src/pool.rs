@@ -150,8 +150,8 @@ impl Pool {
         index * self.block_size as u64 == offset as u64
     }
 
-    /// Blocks the pool can hold.
+    /// Blocks the pool can hold (0 before it serves a class).
     pub fn capacity(&self) -> u32 {
-        self.maxnextoffset / self.block_size + 1
+        core::num::NonZeroU32::new(self.block_size).map_or(0, |size| self.maxnextoffset / size + 1)
     }
 }

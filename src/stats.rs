@@ -19,7 +19,6 @@ pub struct ClassStats {
 #[derive(Clone, Copy)]
 pub struct Snapshot {
     pub classes: [ClassStats; NUM_CLASSES],
-    pub arenas: usize,
     /// Bytes of arena memory (including the spare).
     pub arena_bytes: usize,
     /// Bytes of live small and medium blocks.
@@ -29,7 +28,6 @@ pub struct Snapshot {
     pub free_pool_bytes: usize,
     pub large_blocks: usize,
     pub large_bytes: usize,
-    pub cached_mappings: usize,
     pub cached_bytes: usize,
     pub spare_bytes: usize,
 }
@@ -38,14 +36,12 @@ impl Snapshot {
     pub fn of(heap: &Heap) -> Snapshot {
         let mut s = Snapshot {
             classes: [ClassStats::default(); NUM_CLASSES],
-            arenas: heap.counters.arenas,
             arena_bytes: heap.counters.arenas * ARENA_SIZE,
             block_bytes: 0,
             free_pools: 0,
             free_pool_bytes: 0,
             large_blocks: heap.counters.large_blocks,
             large_bytes: heap.counters.large_bytes,
-            cached_mappings: heap.large_cache().entries,
             cached_bytes: heap.large_cache().bytes,
             spare_bytes: 0,
         };
@@ -56,11 +52,11 @@ impl Snapshot {
             }
             s.free_pools += arena.nfreepools as usize;
             s.free_pool_bytes += arena.nfreepools as usize * arena.pool_size();
-            for pool in &arena.pools[..arena.next_unused as usize] {
+            for pool in arena.pools.iter().take(arena.next_unused as usize) {
+                let Some(class) = s.classes.get_mut(pool.class as usize) else { continue };
                 if pool.ref_count == 0 {
                     continue;
                 }
-                let class = &mut s.classes[pool.class as usize];
                 class.pools += 1;
                 class.blocks_in_use += pool.ref_count as usize;
                 class.blocks_free += (pool.capacity() - pool.ref_count) as usize;
@@ -147,7 +143,7 @@ impl<F: FnMut(&[u8])> ChunkWriter<F> {
 
     pub fn flush(&mut self) {
         if self.len > 0 {
-            (self.sink)(&self.buf[..self.len]);
+            (self.sink)(self.buf.get(..self.len).unwrap_or_default());
             self.len = 0;
         }
     }
@@ -159,8 +155,10 @@ impl<F: FnMut(&[u8])> Write for ChunkWriter<F> {
             if self.len == self.buf.len() {
                 self.flush();
             }
-            self.buf[self.len] = byte;
-            self.len += 1;
+            if let Some(slot) = self.buf.get_mut(self.len) {
+                *slot = byte;
+                self.len += 1;
+            }
         }
         Ok(())
     }
@@ -180,6 +178,6 @@ pub fn write_fd(fd: i32, mut bytes: &[u8]) {
         if n <= 0 {
             return;
         }
-        bytes = &bytes[n as usize..];
+        bytes = bytes.get(n as usize..).unwrap_or_default();
     }
 }

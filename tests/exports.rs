@@ -1,0 +1,88 @@
+//! The shared object's interface: exactly the glibc allocation API plus
+//! `pymalloc_*` is exported, and no exported function can reach a Rust
+//! panic, std, unwinding, thread-local storage or an allocation function
+//! (any of which could re-enter the allocator with its lock held).
+
+mod common;
+
+use std::collections::{BTreeSet, HashMap, HashSet};
+use std::process::Command;
+
+const EXPORTED: &[&str] = &[
+    "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc",
+    "memalign", "valloc", "pvalloc", "malloc_usable_size", "cfree", "__libc_malloc",
+    "__libc_calloc", "__libc_realloc", "__libc_free", "__libc_memalign", "__libc_valloc",
+    "__libc_pvalloc", "__posix_memalign", "mallopt", "malloc_trim", "mallinfo", "mallinfo2",
+    "malloc_stats", "malloc_info", "pymalloc_version", "pymalloc_check_heap",
+];
+
+/// Code that must not run inside the allocator.
+const FORBIDDEN: &[&str] =
+    &["panic", "std::", "_Unwind", "__tls_get_addr", "__rust_alloc", "__rust_realloc", "alloc::alloc"];
+
+fn tool_output(program: &str, args: &[&str]) -> String {
+    let out = Command::new(program)
+        .args(args)
+        .arg(common::library())
+        .output()
+        .unwrap_or_else(|e| panic!("running {program}: {e}"));
+    assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+#[test]
+fn exports_exactly_the_allocation_api() {
+    let nm = tool_output("nm", &["-D", "--defined-only"]);
+    let defined: BTreeSet<&str> = nm.lines().filter_map(|l| l.split_whitespace().nth(2)).collect();
+    let expected: BTreeSet<&str> = EXPORTED.iter().copied().collect();
+    assert_eq!(defined, expected, "exported symbols differ (left: exported, right: expected)");
+}
+
+/// Builds the static call graph from the disassembly and walks it from
+/// every exported function.
+#[test]
+fn no_exported_function_can_panic() {
+    let dis = tool_output("objdump", &["-d", "--no-show-raw-insn", "-C"]);
+    let mut calls: HashMap<String, HashSet<String>> = HashMap::new();
+    let mut current = String::new();
+    for line in dis.lines() {
+        if let Some(name) = line.strip_suffix(">:").and_then(|l| l.split_once(" <")).map(|(_, n)| n) {
+            current = name.to_string();
+            calls.entry(current.clone()).or_default();
+        } else if let Some(target) = line.split_once("call").or_else(|| line.split_once("jmp")).and_then(|(_, rest)| {
+            rest.split_once('<').map(|(_, t)| t.trim_end_matches('>').split('+').next().unwrap_or("").to_string())
+        }) {
+            calls.entry(current.clone()).or_default().insert(target);
+        }
+    }
+    let mut from: HashMap<String, String> = HashMap::new();
+    let mut stack: Vec<String> = EXPORTED.iter().map(|s| s.to_string()).collect();
+    let mut seen: HashSet<String> = stack.iter().cloned().collect();
+    let mut reentry = Vec::new();
+    while let Some(f) = stack.pop() {
+        for g in calls.get(&f).into_iter().flatten() {
+            let base = g.split('@').next().unwrap_or("");
+            let local_jump = *g == f;
+            if EXPORTED.contains(&base) && !base.starts_with("pymalloc_") && !local_jump {
+                reentry.push(format!("{f} calls {g}"));
+            }
+            if seen.insert(g.clone()) {
+                from.insert(g.clone(), f.clone());
+                stack.push(g.clone());
+            }
+        }
+    }
+    let bad: Vec<String> = seen
+        .iter()
+        .filter(|f| FORBIDDEN.iter().any(|bad| f.contains(bad)))
+        .map(|f| {
+            let mut chain = vec![f.clone()];
+            while let Some(caller) = from.get(chain.last().unwrap()) {
+                chain.push(caller.clone());
+            }
+            chain.join(" <- ")
+        })
+        .collect();
+    assert!(bad.is_empty(), "forbidden code reachable from the C API:\n{}", bad.join("\n"));
+    assert!(reentry.is_empty(), "the allocator calls itself:\n{}", reentry.join("\n"));
+}
