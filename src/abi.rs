@@ -255,22 +255,13 @@ pub unsafe extern "C" fn __posix_memalign(out: *mut *mut c_void, align: usize, s
 
 // Tuning and statistics.
 
-/// Accepts glibc's parameters (returns 1) and ignores them: the heap
-/// tunes itself. Unknown parameters return 0, as in glibc.
+/// Accepts every parameter and ignores it (the heap tunes itself),
+/// answering as glibc 2.36 does: 1, except 0 for an M_MXFAST outside
+/// 0..=160.
 #[cfg_attr(not(test), unsafe(no_mangle))]
-pub extern "C" fn mallopt(param: c_int, _value: c_int) -> c_int {
-    const KNOWN: [c_int; 9] = [
-        libc::M_MXFAST,
-        libc::M_TRIM_THRESHOLD,
-        libc::M_TOP_PAD,
-        libc::M_MMAP_THRESHOLD,
-        libc::M_MMAP_MAX,
-        libc::M_CHECK_ACTION,
-        libc::M_PERTURB,
-        libc::M_ARENA_TEST,
-        libc::M_ARENA_MAX,
-    ];
-    KNOWN.contains(&param) as c_int
+pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
+    const MAX_FAST_SIZE: c_int = 160;
+    (param != libc::M_MXFAST || (0..=MAX_FAST_SIZE).contains(&value)) as c_int
 }
 
 /// Returns free memory to the OS; 1 if any was released.
@@ -314,15 +305,15 @@ pub extern "C" fn malloc_stats() {
     let _ = s.write_malloc_stats(&mut out);
 }
 
-/// Writes glibc-style XML to `stream`; `options` must be 0.
+/// Writes glibc-style XML to `stream`; `options` must be 0 (otherwise
+/// returns EINVAL, as glibc does).
 ///
 /// # Safety
 /// `stream` must be a valid `FILE`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) -> c_int {
     if options != 0 {
-        set_errno(libc::EINVAL);
-        return -1;
+        return libc::EINVAL;
     }
     let s = snapshot();
     // stdio may allocate: it runs after the lock is released.

@@ -1,0 +1,44 @@
+/* Shared by the C test programs (driven by tests/c_programs.rs). */
+#ifndef PYMALLOC_TEST_CHECK_H
+#define PYMALLOC_TEST_CHECK_H
+#ifndef _GNU_SOURCE
+#define _GNU_SOURCE 1
+#endif
+#include <errno.h>
+#include <malloc.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+
+/* On failure: "file:line: message" on stderr, exit status 1. */
+#define CHECK(cond, ...)                                                   \
+    do {                                                                   \
+        if (!(cond)) {                                                     \
+            fprintf(stderr, "%s:%d: ", __FILE__, __LINE__);                \
+            fprintf(stderr, __VA_ARGS__);                                  \
+            fputc('\n', stderr);                                           \
+            exit(1);                                                       \
+        }                                                                  \
+    } while (0)
+
+/* Hides a size from the optimiser (no folding, no elided calls, no warnings). */
+static inline size_t opaque(size_t x) { __asm__ volatile("" : "+r"(x)); return x; }
+
+/* PYMALLOC_EXPECTED=1 (set by the driver) enables checks where pymalloc
+   follows newer glibc than this machine's 2.36 (aligned_alloc EINVAL...). */
+static inline int pymalloc_expected(void) {
+    const char *e = getenv("PYMALLOC_EXPECTED");
+    return e && strcmp(e, "1") == 0;
+}
+
+/* PYMALLOC_BINDING_PROBE: one malloc and exit, for the LD_DEBUG binding check. */
+__attribute__((constructor)) static void check_binding_probe(void) {
+    if (getenv("PYMALLOC_BINDING_PROBE")) {
+        void *volatile p = malloc(opaque(24));
+        free(p);
+        _exit(0);
+    }
+}
+#endif

@@ -1,0 +1,65 @@
+//! Runs the C programs in `tests/c/` against the built `libpymalloc.so`,
+//! each in two configurations: built plain and run with `LD_PRELOAD`, and
+//! linked with `-lpymalloc`. Needs `cargo build --release` (or `cargo build`
+//! for a debug run) first: see `common::library`.
+
+mod common;
+
+use common::{Config, check_binding, clean_env, compile_c, library, run};
+use std::process::Command;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(120);
+
+fn run_c_program(name: &str, config: Config) {
+    let lib = library();
+    let exe = compile_c(name, config);
+    let command = || {
+        let mut cmd = Command::new(&exe);
+        clean_env(&mut cmd);
+        if config == Config::Preload {
+            cmd.env("LD_PRELOAD", &lib);
+        }
+        cmd
+    };
+
+    // The program's own malloc must bind to the library under test.
+    let mut probe = command();
+    probe.env("PYMALLOC_BINDING_PROBE", "1");
+    let exe_name = exe.to_string_lossy();
+    check_binding(probe, &lib, &[&exe_name], &format!("{name} ({config:?})"));
+
+    let mut cmd = command();
+    cmd.env("PYMALLOC_EXPECTED", "1");
+    let r = run(cmd, TIMEOUT, &format!("{} ({config:?})", exe.display()));
+    r.assert_success(&format!("{name} ({config:?})"));
+}
+
+macro_rules! c_tests {
+    ($($preload:ident, $linked:ident => $name:literal;)*) => {$(
+        #[test]
+        fn $preload() {
+            run_c_program($name, Config::Preload);
+        }
+        #[test]
+        fn $linked() {
+            run_c_program($name, Config::Linked);
+        }
+    )*};
+}
+
+c_tests! {
+    api_edge_preload, api_edge_linked => "api_edge";
+    alignment_preload, alignment_linked => "alignment";
+    realloc_contents_preload, realloc_contents_linked => "realloc_contents";
+    calloc_zero_preload, calloc_zero_linked => "calloc_zero";
+    no_overlap_preload, no_overlap_linked => "no_overlap";
+    threads_basic_preload, threads_basic_linked => "threads_basic";
+    oom_rlimit_preload, oom_rlimit_linked => "oom_rlimit";
+}
+
+/// The generated header: only meaningful when compiling against it.
+#[test]
+fn header_linked() {
+    run_c_program("header", Config::Linked);
+}
