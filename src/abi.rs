@@ -55,10 +55,14 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
     match result {
         Ok(Resize::Done(q)) => q.cast(),
         Ok(Resize::Move { usable }) => {
-            let q = alloc(n);
+            let q: *mut c_void = HEAP.lock().alloc(n).ptr.cast();
             if q.is_null() {
-                // A shrink may keep the old block; a growth fails with ENOMEM.
-                return if n <= usable { p } else { q };
+                // A shrink may keep the old block; a growth fails.
+                if n <= usable {
+                    return p;
+                }
+                set_errno(libc::ENOMEM);
+                return q;
             }
             // SAFETY: both blocks are live, distinct, and hold at least
             // min(usable, n) bytes.

@@ -144,7 +144,7 @@ impl Tier {
         let arena = unsafe { self.usable.as_mut()? };
         let nf = arena.nfreepools as usize;
         // The head holds the fewest free pools; taking one keeps it first.
-        if self.last_with(nf) == arena as *mut Arena {
+        if ptr::eq(self.last_with(nf), arena) {
             self.set_last_with(nf, ptr::null_mut());
         }
         let pool = arena.take_pool();

@@ -66,7 +66,7 @@ impl Heap {
         let mut cur = arena.freepools;
         // SAFETY: free-pool lists hold pools of this arena's descriptor.
         while let Some(pool) = unsafe { cur.as_ref() } {
-            if pool.ref_count != 0 || pool.arena as *const Arena != arena as *const Arena {
+            if pool.ref_count != 0 || !core::ptr::eq(pool.arena, arena) {
                 return Err("free-pool list holds a pool in use or of another arena");
             }
             on_free_list += 1;
@@ -103,7 +103,7 @@ impl Heap {
             if n > 1 << 30 {
                 return Err("used list has a cycle");
             }
-            prev = cur as *mut Pool;
+            prev = cur;
             cur = pool.nextpool;
         }
         Ok(())

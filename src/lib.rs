@@ -60,10 +60,12 @@
 
 #![cfg_attr(not(test), no_std)]
 
+#[cfg_attr(test, allow(dead_code))] // in tests nothing is exported
 mod abi;
 mod arena;
 mod arena_map;
 mod debug;
+#[cfg_attr(test, allow(dead_code))] // installed by the constructor, absent in tests
 mod fork;
 mod geometry;
 mod heap;

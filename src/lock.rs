@@ -143,6 +143,16 @@ mod tests {
     }
 
     #[test]
+    fn reset_after_fork_frees_a_held_lock() {
+        static M: Mutex<FutexMutex, ()> = Mutex::from_raw(FutexMutex::INIT, ());
+        std::mem::forget(M.lock());
+        assert!(M.try_lock().is_none());
+        // SAFETY: test-only access to the raw lock.
+        unsafe { M.raw() }.reset_after_fork();
+        assert!(M.try_lock().is_some());
+    }
+
+    #[test]
     fn preserves_errno_when_contended() {
         static M: Mutex<FutexMutex, ()> = Mutex::from_raw(FutexMutex::INIT, ());
         let held = M.lock();

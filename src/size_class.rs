@@ -141,8 +141,8 @@ mod tests {
             let tier = limits.iter().filter(|&&limit| size > limit).count() as u32;
             POOL_SHIFT + 2 * tier
         };
-        for c in 0..NUM_CLASSES {
-            assert_eq!(tier_pool_shift(CLASSES[c].tier as usize), expected(size_of(c)), "class {c}");
+        for (c, info) in CLASSES.iter().enumerate() {
+            assert_eq!(tier_pool_shift(info.tier as usize), expected(info.size as usize), "class {c}");
         }
     }
 
@@ -161,9 +161,9 @@ mod tests {
 
     #[test]
     fn classes_fit_their_pools_and_are_aligned() {
-        for c in 0..NUM_CLASSES {
-            let size = size_of(c);
-            let pool = tier_pool_size(CLASSES[c].tier as usize);
+        for (c, info) in CLASSES.iter().enumerate() {
+            let size = info.size as usize;
+            let pool = tier_pool_size(info.tier as usize);
             assert_eq!(size % 16, 0);
             assert!(pool / size >= 2, "class {c}: {} blocks", pool / size);
             // The block alignment (lowest set bit of the size) divides the pool size.
@@ -173,8 +173,7 @@ mod tests {
 
     #[test]
     fn reciprocal_division_is_exact_within_a_pool() {
-        for c in 0..NUM_CLASSES {
-            let info = CLASSES[c];
+        for info in CLASSES {
             let pool = tier_pool_size(info.tier as usize) as u64;
             for offset in (0..pool).step_by(7).chain([pool - 1]) {
                 assert_eq!((offset * info.recip) >> RECIP_SHIFT, offset / info.size as u64);
