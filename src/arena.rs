@@ -58,7 +58,7 @@ impl Arena {
     /// The header of the pool holding `addr` (which lies in this arena),
     /// or None if that pool was never born.
     #[inline(always)]
-    pub fn pool_at(&mut self, addr: usize) -> Option<&mut Pool> {
+    pub fn pool_at(&mut self, addr: usize) -> Option<*mut Pool> {
         let index = (addr - self.base as usize) >> self.pool_shift;
         if index >= self.next_unused as usize {
             return None;

@@ -3,25 +3,22 @@
 //! not exist. So `prepare` takes the lock (the heap is then consistent and
 //! nobody is inside it), the parent releases it, the child resets it.
 
-use core::mem;
-
-use parking_lot::lock_api::GuardSend;
-
 use crate::heap::HEAP;
 
 extern "C" fn prepare() {
-    mem::forget(HEAP.lock());
+    // SAFETY: only the lock is touched, not the heap behind it.
+    unsafe { HEAP.raw() }.lock_strict();
 }
 
 extern "C" fn parent() {
-    // SAFETY: `prepare` took the lock in this thread and forgot the guard.
-    unsafe { HEAP.force_unlock(GuardSend::new()) };
+    // SAFETY: `prepare` took the lock in this thread with lock_strict.
+    unsafe { HEAP.raw().unlock_strict() };
 }
 
 extern "C" fn child() {
     // SAFETY: the child has one thread, this one, which holds the lock
     // from `prepare`; resetting it is releasing it.
-    unsafe { HEAP.raw().reset_after_fork() };
+    unsafe { HEAP.raw() }.reset_after_fork();
 }
 
 /// Registers the handlers. glibc's `pthread_atfork` allocates (through

@@ -43,6 +43,12 @@ pub enum Fault {
     InvalidPointer,
 }
 
+/// Where a live block lives.
+enum Found {
+    Pool(*mut Pool),
+    Large(*mut LargeBlock),
+}
+
 /// What `realloc` must do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resize {
@@ -139,72 +145,64 @@ impl Heap {
         Block { ptr, zeroed }
     }
 
-    /// Frees the block at `p` (not null).
+    /// The live block starting at `p`: its pool, or its large mapping.
     #[inline(always)]
-    pub fn free(&mut self, p: *mut u8) -> Result<(), Fault> {
+    fn find(&self, p: *mut u8) -> Result<Found, Fault> {
         match self.map.get(p as usize) {
             Some(Owner::Arena(arena)) => {
                 // SAFETY: the map only names live arena descriptors.
-                let arena = unsafe { &mut *arena };
-                match arena.pool_at(p as usize) {
-                    Some(pool) if pool.owns_block(p as usize) => {
-                        self.free_block(pool, p);
-                        Ok(())
-                    }
+                let pool = unsafe { (*arena).pool_at(p as usize) };
+                match pool {
+                    // SAFETY: pool_at returns only born pools of the arena.
+                    Some(pool) if unsafe { (*pool).owns_block(p as usize) } => Ok(Found::Pool(pool)),
                     _ => Err(Fault::InvalidPointer),
                 }
             }
             // SAFETY: the map only names live large descriptors.
-            Some(Owner::Large(block)) if unsafe { (*block).base } == p => {
-                self.free_large(block);
-                Ok(())
-            }
+            Some(Owner::Large(block)) if unsafe { (*block).base } == p => Ok(Found::Large(block)),
             _ => Err(Fault::InvalidPointer),
         }
     }
 
-    /// Bytes usable at `p` (not null).
-    pub fn usable_size(&mut self, p: *mut u8) -> Result<usize, Fault> {
-        match self.map.get(p as usize) {
-            Some(Owner::Arena(arena)) => {
-                // SAFETY: the map only names live arena descriptors.
-                let arena = unsafe { &mut *arena };
-                match arena.pool_at(p as usize) {
-                    Some(pool) if pool.owns_block(p as usize) => Ok(pool.block_size as usize),
-                    _ => Err(Fault::InvalidPointer),
-                }
-            }
-            // SAFETY: the map only names live large descriptors.
-            Some(Owner::Large(block)) if unsafe { (*block).base } == p => Ok(unsafe { (*block).len }),
-            _ => Err(Fault::InvalidPointer),
+    /// Frees the block at `p` (not null).
+    #[inline(always)]
+    pub fn free(&mut self, p: *mut u8) -> Result<(), Fault> {
+        match self.find(p)? {
+            // SAFETY: `find` returns live records.
+            Found::Pool(pool) => self.free_block(unsafe { &mut *pool }, p),
+            Found::Large(block) => self.free_large(block),
         }
+        Ok(())
+    }
+
+    /// Bytes usable at `p` (not null).
+    pub fn usable_size(&self, p: *mut u8) -> Result<usize, Fault> {
+        let found = self.find(p)?;
+        // SAFETY: `find` returns live records.
+        Ok(unsafe {
+            match found {
+                Found::Pool(pool) => (*pool).block_size as usize,
+                Found::Large(block) => (*block).len,
+            }
+        })
     }
 
     /// Resizes the block at `p` (not null) to `n` bytes (not zero) where
     /// it is, or says how the caller must move it.
     pub fn resize(&mut self, p: *mut u8, n: usize) -> Result<Resize, Fault> {
-        match self.map.get(p as usize) {
-            Some(Owner::Arena(arena)) => {
-                // SAFETY: the map only names live arena descriptors.
-                let arena = unsafe { &mut *arena };
-                match arena.pool_at(p as usize) {
-                    Some(pool) if pool.owns_block(p as usize) => {
-                        let usable = pool.block_size as usize;
-                        // Shrink by copying only into a smaller class, and only
-                        // when that saves a quarter (as pymalloc does).
-                        let stays = n <= usable && (4 * n > 3 * usable || class_of(n) == pool.class as usize);
-                        Ok(if stays { Resize::Done(p) } else { Resize::Move { usable } })
-                    }
-                    _ => Err(Fault::InvalidPointer),
-                }
+        Ok(match self.find(p)? {
+            Found::Pool(pool) => {
+                // SAFETY: `find` returns live records.
+                let pool = unsafe { &*pool };
+                let usable = pool.block_size as usize;
+                // Shrink by copying only into a smaller class, and only
+                // when that saves a quarter (as pymalloc does).
+                let stays = n <= usable && (4 * n > 3 * usable || class_of(n) == pool.class as usize);
+                if stays { Resize::Done(p) } else { Resize::Move { usable } }
             }
-            // SAFETY: the map only names live large descriptors.
-            Some(Owner::Large(block)) if unsafe { (*block).base } == p => {
-                // SAFETY: as above.
-                Ok(self.resize_large(unsafe { &mut *block }, n))
-            }
-            _ => Err(Fault::InvalidPointer),
-        }
+            // SAFETY: as above.
+            Found::Large(block) => self.resize_large(unsafe { &mut *block }, n),
+        })
     }
 
     #[inline(always)]

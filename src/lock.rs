@@ -6,15 +6,24 @@
 //! unlocker wakes one sleeper when the state says someone may be asleep
 //! (Drepper, "Futexes Are Tricky", mutex #3).
 //!
+//! While the process has a single thread (glibc's `__libc_single_threaded`,
+//! which `pthread_create` clears, for good, before the second thread
+//! exists) nobody can contend, so `lock` takes nothing and `unlock` releases
+//! nothing: no atomic operation at all, as glibc's own malloc does. The
+//! guard records which kind of acquisition it was. `fork` handlers use
+//! `lock_strict`, which always takes the lock.
+//!
 //! Why not `parking_lot::RawMutex`: its slow path parks through
 //! `parking_lot_core`, which allocates its hash table and uses
 //! `thread_local!` storage, i.e. calls `malloc` (this library) and
 //! `__tls_get_addr` while we hold this very lock. The path below makes
 //! only `futex` system calls and touches no memory but `state`.
 
+use core::ffi::c_char;
+use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering};
 
-use parking_lot::lock_api::{GuardSend, RawMutex};
+use parking_lot::lock_api::RawMutex;
 
 use crate::os::KeepErrno;
 
@@ -28,11 +37,48 @@ const CONTENDED: u32 = 2;
 /// usually done within this many pause loops.
 const SPIN_LIMIT: u32 = 100;
 
+unsafe extern "C" {
+    /// glibc 2.32+: non-zero while the process has never created a thread.
+    static __libc_single_threaded: c_char;
+}
+
+#[inline(always)]
+fn single_threaded() -> bool {
+    // SAFETY: a byte of glibc's, written only by the process's only thread
+    // (in pthread_create, before the second thread exists), so reading it
+    // cannot race with a write that matters to this thread.
+    unsafe { ptr::addr_of!(__libc_single_threaded).read() != 0 }
+}
+
 pub struct FutexMutex {
     state: AtomicU32,
 }
 
+/// How a `lock` was taken: `Held(false)` when it was elided because the
+/// process had one thread.
+pub struct Held(bool);
+
 impl FutexMutex {
+    /// Takes the lock whatever the thread count (for `fork`'s handlers).
+    #[inline]
+    pub fn lock_strict(&self) {
+        if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.lock_contended();
+        }
+    }
+
+    /// Releases a lock taken by `lock_strict`.
+    ///
+    /// # Safety
+    /// The lock must be held through `lock_strict` by this thread.
+    #[inline]
+    pub unsafe fn unlock_strict(&self) {
+        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+            let _keep = KeepErrno::new();
+            futex_wake_one(&self.state);
+        }
+    }
+
     #[cold]
     fn lock_contended(&self) {
         for _ in 0..SPIN_LIMIT {
@@ -60,35 +106,41 @@ impl FutexMutex {
     }
 }
 
-// SAFETY: `lock` returns only after moving `state` from UNLOCKED to
-// LOCKED/CONTENDED with Acquire ordering, and only `unlock` (Release)
-// moves it back, so at most one holder exists at a time.
+// SAFETY: with more than one thread, `lock` returns only after moving
+// `state` from UNLOCKED to LOCKED/CONTENDED with Acquire ordering, and only
+// `unlock` (Release) moves it back, so at most one holder exists at a time.
+// With one thread there is at most one holder by construction, and the
+// thread that ends that state (pthread_create) does so between calls.
 unsafe impl RawMutex for FutexMutex {
     #[allow(clippy::declare_interior_mutable_const)]
     const INIT: FutexMutex = FutexMutex { state: AtomicU32::new(UNLOCKED) };
-    type Guard = GuardSend;
+    type Guard = Held;
 
     #[inline(always)]
-    fn lock(&self) -> GuardSend {
-        if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            self.lock_contended();
+    fn lock(&self) -> Held {
+        if single_threaded() {
+            return Held(false);
         }
-        GuardSend::new()
+        self.lock_strict();
+        Held(true)
     }
 
     #[inline]
-    fn try_lock(&self) -> Option<GuardSend> {
+    fn try_lock(&self) -> Option<Held> {
+        if single_threaded() {
+            return Some(Held(false));
+        }
         self.state
             .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
             .ok()
-            .map(|_| GuardSend::new())
+            .map(|_| Held(true))
     }
 
     #[inline(always)]
-    unsafe fn unlock(&self, _guard: GuardSend) {
-        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
-            let _keep = KeepErrno::new();
-            futex_wake_one(&self.state);
+    unsafe fn unlock(&self, guard: Held) {
+        if guard.0 {
+            // SAFETY: `guard` proves this thread took the lock for real.
+            unsafe { self.unlock_strict() };
         }
     }
 
@@ -145,11 +197,12 @@ mod tests {
     #[test]
     fn reset_after_fork_frees_a_held_lock() {
         static M: Mutex<FutexMutex, ()> = Mutex::from_raw(FutexMutex::INIT, ());
-        std::mem::forget(M.lock());
-        assert!(M.try_lock().is_none());
         // SAFETY: test-only access to the raw lock.
-        unsafe { M.raw() }.reset_after_fork();
-        assert!(M.try_lock().is_some());
+        let raw = unsafe { M.raw() };
+        raw.lock_strict();
+        assert!(M.is_locked());
+        raw.reset_after_fork();
+        assert!(!M.is_locked());
     }
 
     #[test]
