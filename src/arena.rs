@@ -55,16 +55,21 @@ impl Arena {
         1 << self.pool_shift
     }
 
-    /// The header of the pool holding `addr` (which lies in this arena),
-    /// or None if that pool was never born.
+    /// The header of the pool holding `addr` (which lies in `arena`), or
+    /// None if that pool was never born.
+    ///
+    /// # Safety
+    /// `arena` must be a live descriptor whose arena contains `addr`.
     #[inline(always)]
-    pub fn pool_at(&mut self, addr: usize) -> Option<*mut Pool> {
-        let index = (addr - self.base as usize) >> self.pool_shift;
-        if index >= self.next_unused as usize {
+    pub unsafe fn pool_at(arena: *mut Arena, addr: usize) -> Option<*mut Pool> {
+        // SAFETY: the caller guarantees `arena` is live.
+        let (base, shift, born) = unsafe { ((*arena).base as usize, (*arena).pool_shift, (*arena).next_unused) };
+        let index = (addr - base) >> shift;
+        if index >= born as usize {
             return None;
         }
-        // SAFETY: index < next_unused <= ntotalpools <= MAX_POOLS_PER_ARENA.
-        Some(unsafe { self.pools.get_unchecked_mut(index) })
+        // SAFETY: index < next_unused <= MAX_POOLS_PER_ARENA, inside `pools`.
+        Some(unsafe { (&raw mut (*arena).pools).cast::<Pool>().add(index) })
     }
 
     /// Takes an empty or unborn pool; the arena must have one.

@@ -150,8 +150,9 @@ impl Heap {
     fn find(&self, p: *mut u8) -> Result<Found, Fault> {
         match self.map.get(p as usize) {
             Some(Owner::Arena(arena)) => {
-                // SAFETY: the map only names live arena descriptors.
-                let pool = unsafe { (*arena).pool_at(p as usize) };
+                // SAFETY: the map only names live arena descriptors, and
+                // only for addresses inside their arena.
+                let pool = unsafe { Arena::pool_at(arena, p as usize) };
                 match pool {
                     // SAFETY: pool_at returns only born pools of the arena.
                     Some(pool) if unsafe { (*pool).owns_block(p as usize) } => Ok(Found::Pool(pool)),
@@ -315,8 +316,35 @@ impl Heap {
         true
     }
 
+    /// Maps fresh memory; when the OS refuses, gives back the spare arena
+    /// and cached mappings (address space a memory limit may be counting)
+    /// and tries once more.
+    fn map_memory(&mut self, len: usize, align: usize) -> *mut u8 {
+        let p = os::map_aligned(len, align);
+        if p.is_null() && self.release_reserves() {
+            return os::map_aligned(len, align);
+        }
+        p
+    }
+
+    /// Unmaps the spare arena and every cached mapping; true if there
+    /// was any.
+    fn release_reserves(&mut self) -> bool {
+        let mut released = false;
+        // SAFETY: the spare is a live descriptor in no tier.
+        if let Some(spare) = unsafe { self.spare.as_mut() } {
+            self.spare = ptr::null_mut();
+            self.unmap_arena(spare);
+            released = true;
+        }
+        let cached = self.large_cache.drain();
+        released |= !cached.is_null();
+        self.unmap_large_list(cached);
+        released
+    }
+
     fn map_arena(&mut self) -> *mut Arena {
-        let base = os::map_aligned(ARENA_SIZE, ARENA_SIZE);
+        let base = self.map_memory(ARENA_SIZE, ARENA_SIZE);
         if base.is_null() {
             return ptr::null_mut();
         }
@@ -388,7 +416,7 @@ impl Heap {
         let (block, zeroed) = match self.large_cache.take(len, align) {
             Some(block) => (block, false),
             None => {
-                let base = os::map_aligned(len, align);
+                let base = self.map_memory(len, align);
                 if base.is_null() {
                     return Block::NONE;
                 }
@@ -469,7 +497,7 @@ impl Heap {
         }
         // Move: reserve the destination first so that it can be entered in
         // the map before the pages move (the map may need a new leaf).
-        let target = os::map(len);
+        let target = self.map_memory(len, PAGE_SIZE);
         if target.is_null() {
             return Resize::Failed;
         }
@@ -497,16 +525,7 @@ impl Heap {
     /// pools are decommitted, the spare arena and cached mappings unmapped.
     /// True if anything was released.
     pub fn trim(&mut self) -> bool {
-        let mut released = false;
-        // SAFETY: the spare is a live descriptor in no tier.
-        if let Some(spare) = unsafe { self.spare.as_mut() } {
-            self.spare = ptr::null_mut();
-            self.unmap_arena(spare);
-            released = true;
-        }
-        let cached = self.large_cache.drain();
-        released |= !cached.is_null();
-        self.unmap_large_list(cached);
+        let mut released = self.release_reserves();
         let mut cur = self.all_arenas;
         // SAFETY: the all-arena list holds live descriptors.
         while let Some(arena) = unsafe { cur.as_mut() } {

@@ -177,6 +177,19 @@ int main(void) {
         malloc_trim(0);
     }
 
+    /* memory freed under the limit serves other sizes without malloc_trim:
+       whatever the allocator keeps for reuse (cached mappings, a spare
+       arena) must give way when the limit is reached */
+    {
+        void *chain;
+        size_t big = fill_until_null(MiB, 0, &chain);
+        free_chain(chain, MiB);
+        size_t medium = fill_until_null(40000, 0, &chain);
+        CHECK(medium + 16 * MiB >= big, "after freeing %zu MiB of 1 MiB blocks only %zu MiB of 40000-byte blocks fit",
+              big / MiB, medium / MiB);
+        free_chain(chain, 40000);
+    }
+
     /* realloc growing one block until it fails: the old block stays intact */
     {
         size_t n = MiB;
