@@ -45,15 +45,6 @@ static void check_block(void *p, size_t n, const char *what) {
     memset(p, 0xC3, malloc_usable_size(p));
 }
 
-#define EXPECT_ENOMEM(expr, what)                                                 \
-    do {                                                                          \
-        errno = 0;                                                                \
-        void *r_ = (expr);                                                        \
-        CHECK(r_ == NULL, "%s: expected NULL, got %p", what, r_);                 \
-        CHECK(errno == ENOMEM, "%s: expected errno ENOMEM, got %d (%s)", what,    \
-              errno, strerror(errno));                                            \
-    } while (0)
-
 static void test_basic(void) {
     /* malloc(0): unique, non-NULL, freeable */
     void *a = malloc(opaque(0)), *b = malloc(opaque(0));

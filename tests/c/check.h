@@ -23,6 +23,16 @@
         }                                                                  \
     } while (0)
 
+/* expr must fail: NULL with errno ENOMEM. */
+#define EXPECT_ENOMEM(expr, what)                                             \
+    do {                                                                      \
+        errno = 0;                                                            \
+        void *r_ = (expr);                                                    \
+        CHECK(r_ == NULL, "%s: expected NULL, got %p", what, r_);             \
+        CHECK(errno == ENOMEM, "%s: expected errno ENOMEM, got %d (%s)", what, \
+              errno, strerror(errno));                                        \
+    } while (0)
+
 /* Hides a size from the optimiser (no folding, no elided calls, no warnings). */
 static inline size_t opaque(size_t x) { __asm__ volatile("" : "+r"(x)); return x; }
 

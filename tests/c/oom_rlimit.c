@@ -41,15 +41,6 @@ static void set_limit(rlim_t cur) {
           strerror(errno));
 }
 
-#define EXPECT_ENOMEM(expr, what)                                                             \
-    do {                                                                                      \
-        errno = 0;                                                                            \
-        void *r_ = (expr);                                                                    \
-        CHECK(r_ == NULL, "%s under the limit: expected NULL, got %p", what, r_);             \
-        CHECK(errno == ENOMEM, "%s under the limit: errno %d (%s), expected ENOMEM", what,     \
-              errno, strerror(errno));                                                        \
-    } while (0)
-
 /* NULL is fine (errno must be ENOMEM), success is fine (freed at once). */
 #define MAYBE(expr, what)                                                                     \
     do {                                                                                      \
