@@ -8,6 +8,7 @@ use core::ffi::{c_char, c_int, c_void};
 use core::fmt::Write;
 use core::ptr;
 
+use crate::config;
 use crate::debug::fatal;
 use crate::geometry::{MIN_ALIGN, PAGE_SIZE};
 use crate::heap::{HEAP, Resize};
@@ -16,6 +17,7 @@ use crate::stats::{ChunkWriter, Snapshot, write_fd};
 
 #[inline(always)]
 fn alloc(n: usize) -> *mut c_void {
+    config::ensure();
     let block = HEAP.lock().alloc(n);
     if block.ptr.is_null() {
         set_errno(libc::ENOMEM);
@@ -25,6 +27,7 @@ fn alloc(n: usize) -> *mut c_void {
 
 /// `align` must be a power of two.
 fn alloc_aligned(align: usize, n: usize) -> *mut c_void {
+    config::ensure();
     let block = HEAP.lock().alloc_aligned(align, n);
     if block.ptr.is_null() {
         set_errno(libc::ENOMEM);
@@ -83,6 +86,7 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
+    config::ensure();
     let block = HEAP.lock().alloc(n);
     if block.ptr.is_null() {
         set_errno(libc::ENOMEM);
@@ -120,6 +124,7 @@ fn posix_memalign_impl(out: *mut *mut c_void, align: usize, n: usize) -> c_int {
     if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
+    config::ensure();
     let block = HEAP.lock().alloc_aligned(align, n);
     if block.ptr.is_null() {
         return libc::ENOMEM;

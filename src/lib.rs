@@ -64,6 +64,7 @@
 mod abi;
 mod arena;
 mod arena_map;
+mod config;
 mod debug;
 #[cfg_attr(test, allow(dead_code))] // installed by the constructor, absent in tests
 mod fork;

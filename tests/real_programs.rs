@@ -6,7 +6,7 @@
 mod common;
 
 use common::{
-    check_binding, clean_env, find_tool, fresh_dir, library, repo_root, run, run_with_input,
+    check_binding, clean_env, find_tool, python_executable, fresh_dir, library, repo_root, run, run_with_input,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -36,12 +36,8 @@ fn tool(name: &str) -> Option<PathBuf> {
 /// The python3 executable itself (not a wrapper such as a pyenv shim), so
 /// that the binding check looks at the right process.
 fn python() -> Option<PathBuf> {
-    let py = tool("python3")?;
-    let mut cmd = command(&py, false);
-    cmd.args(["-c", "import sys; print(sys.executable)"]);
-    let r = run(cmd, TIMEOUT, "python3 -c sys.executable");
-    r.assert_success("python3 -c sys.executable");
-    Some(PathBuf::from(r.stdout.trim()))
+    tool("python3")?;
+    python_executable()
 }
 
 #[test]

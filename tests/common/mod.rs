@@ -429,6 +429,17 @@ pub fn check_binding(mut cmd: Command, lib: &Path, required_from: &[&str], what:
     }
 }
 
+/// The python3 executable itself (not a wrapper such as a pyenv shim,
+/// whose shell processes would run preloaded too), if python3 is installed.
+pub fn python_executable() -> Option<PathBuf> {
+    let py = find_tool("python3")?;
+    let mut cmd = Command::new(py);
+    clean_env(&mut cmd).args(["-c", "import sys; print(sys.executable)"]);
+    let r = run(cmd, Duration::from_secs(60), "python3 -c sys.executable");
+    r.assert_success("python3 -c sys.executable");
+    Some(PathBuf::from(r.stdout.trim()))
+}
+
 /// Finds an executable on PATH.
 pub fn find_tool(name: &str) -> Option<PathBuf> {
     let path = std::env::var_os("PATH")?;
