@@ -3,7 +3,16 @@
 //! to write the committed copy.
 
 use std::env;
+use std::fmt::Write;
 use std::path::PathBuf;
+
+/// The counters' names and labels, from the list the crate uses too.
+macro_rules! stats_fields {
+    ($( $name:ident : $label:literal, )*) => {
+        const STATS_FIELDS: &[(&str, &str)] = &[$((stringify!($name), $label)),*];
+    };
+}
+include!("src/stats_fields.rs");
 
 fn main() {
     let crate_dir = PathBuf::from(env::var("CARGO_MANIFEST_DIR").unwrap());
@@ -15,11 +24,20 @@ fn main() {
         version("MINOR"),
         version("PATCH"),
     );
+    let mut stats_struct = String::from(
+        "\n/* The heap's statistics, filled by pymalloc_get_stats(): set size to\n \
+         * sizeof(pymalloc_stats) first. Fields are only ever appended. */\n\
+         typedef struct pymalloc_stats {\n    size_t size; /* bytes filled in */\n",
+    );
+    for (name, label) in STATS_FIELDS {
+        writeln!(stats_struct, "    size_t {name}; /* {label} */").unwrap();
+    }
+    stats_struct.push_str("} pymalloc_stats;\n");
     let config = cbindgen::Config::from_file(crate_dir.join("cbindgen.toml")).expect("cbindgen.toml");
     cbindgen::Builder::new()
         .with_crate(&crate_dir)
         .with_config(config)
-        .with_after_include(version_macros)
+        .with_after_include(version_macros + &stats_struct)
         .generate()
         .expect("cbindgen failed")
         .write_to_file(&out);

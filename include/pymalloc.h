@@ -13,6 +13,35 @@
 #define PYMALLOC_VERSION_MINOR 1
 #define PYMALLOC_VERSION_PATCH 0
 
+/* The heap's statistics, filled by pymalloc_get_stats(): set size to
+ * sizeof(pymalloc_stats) first. Fields are only ever appended. */
+typedef struct pymalloc_stats {
+    size_t size; /* bytes filled in */
+    size_t arenas_allocated; /* arenas allocated total */
+    size_t arenas_reclaimed; /* arenas reclaimed */
+    size_t arenas_highwater; /* arenas highwater mark */
+    size_t arenas; /* arenas allocated current */
+    size_t arena_bytes; /* bytes in arenas */
+    size_t small_blocks; /* small blocks in use */
+    size_t small_bytes; /* bytes in small blocks */
+    size_t medium_blocks; /* medium blocks in use */
+    size_t medium_bytes; /* bytes in medium blocks */
+    size_t avail_bytes; /* bytes in available blocks */
+    size_t pools_in_use; /* pools in use */
+    size_t free_pool_bytes; /* bytes in unused pools */
+    size_t quantization_bytes; /* bytes lost to quantization */
+    size_t spare_bytes; /* bytes in the spare arena */
+    size_t large_blocks; /* large blocks in use */
+    size_t large_bytes; /* bytes in large blocks */
+    size_t cached_mappings; /* cached large mappings */
+    size_t cached_bytes; /* bytes in cached mappings */
+    size_t blocks_in_use; /* blocks in use, all sizes */
+    size_t bytes_in_use; /* bytes in use, all sizes */
+    size_t bytes_mapped; /* bytes mapped */
+    size_t bytes_mapped_peak; /* bytes mapped, peak */
+    size_t bytes_returned; /* bytes returned to the OS */
+} pymalloc_stats;
+
 
 #ifdef __cplusplus
 extern "C" {
@@ -23,6 +52,23 @@ extern "C" {
  * otherwise prints the first broken invariant on stderr and returns -1.
  */
 int pymalloc_check_heap(void);
+
+/**
+ * Prints the statistics report (text) on stderr.
+ */
+void pymalloc_print_stats(void);
+
+/**
+ * Fills `*stats` with the heap's totals. Set `stats->size = sizeof
+ * *stats` first: only that many bytes are written (so a program built
+ * against an older, shorter struct keeps working), and `size` is set to
+ * the bytes actually filled. Returns 0, or -1 if `stats` is NULL or its
+ * `size` is too small to hold `size` itself.
+ *
+ * # Safety
+ * `stats` must be NULL or point to `stats->size` writable bytes.
+ */
+int pymalloc_get_stats(pymalloc_stats *stats);
 
 /**
  * The library's version, "MAJOR.MINOR.PATCH".

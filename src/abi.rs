@@ -13,7 +13,8 @@ use crate::debug::fatal;
 use crate::geometry::{MIN_ALIGN, PAGE_SIZE};
 use crate::heap::{HEAP, Resize};
 use crate::os::set_errno;
-use crate::stats::{ChunkWriter, Snapshot, write_fd};
+use crate::report;
+use crate::stats::{ChunkWriter, Snapshot, Totals, write_fd};
 
 #[inline(always)]
 fn alloc(n: usize) -> *mut c_void {
@@ -347,6 +348,46 @@ pub extern "C" fn pymalloc_check_heap() -> c_int {
             -1
         }
     }
+}
+
+/// Prints the statistics report (text) on stderr.
+#[unsafe(no_mangle)]
+pub extern "C" fn pymalloc_print_stats() {
+    report::print_text(2);
+}
+
+/// The C `struct pymalloc_stats`: `size`, then the totals. Its C
+/// declaration is written by build.rs from the same field list.
+#[allow(non_camel_case_types)]
+#[repr(C)]
+pub struct pymalloc_stats {
+    pub size: usize,
+    pub totals: Totals,
+}
+
+/// Fills `*stats` with the heap's totals. Set `stats->size = sizeof
+/// *stats` first: only that many bytes are written (so a program built
+/// against an older, shorter struct keeps working), and `size` is set to
+/// the bytes actually filled. Returns 0, or -1 if `stats` is NULL or its
+/// `size` is too small to hold `size` itself.
+///
+/// # Safety
+/// `stats` must be NULL or point to `stats->size` writable bytes.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pymalloc_get_stats(stats: *mut pymalloc_stats) -> c_int {
+    if stats.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller passes a struct whose first field is `size`.
+    let room = unsafe { (*stats).size };
+    if room < size_of::<usize>() {
+        return -1;
+    }
+    let filled = room.min(size_of::<pymalloc_stats>());
+    let full = pymalloc_stats { size: filled, totals: snapshot().totals };
+    // SAFETY: `filled` bytes fit both the caller's struct and ours.
+    unsafe { ptr::copy_nonoverlapping((&raw const full).cast::<u8>(), stats.cast::<u8>(), filled) };
+    0
 }
 
 /// The library's version, "MAJOR.MINOR.PATCH".

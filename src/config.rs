@@ -214,6 +214,9 @@ options! {
     /// Print statistics when the process exits: `0`/`off` (default),
     /// `1`/`text` (the text report) or `json`.
     show_stats: ShowStats = ShowStats::Off, "PYMALLOC_SHOW_STATS";
+    /// Where `PYMALLOC_SHOW_STATS` writes: a file name, `%p` replaced by
+    /// the process id (default: standard error).
+    stats_file: Path = Path::NONE, "PYMALLOC_STATS_FILE";
     /// Print the resolved options once, at start-up, on standard error.
     verbose: bool = false, "PYMALLOC_VERBOSE";
     /// The debug mode: guard bytes, freed-memory poisoning and checks
@@ -414,7 +417,7 @@ mod tests {
         assert_eq!(names.len(), Options::NAMES.len());
         let mut text = String::new();
         Options::DEFAULT.show("", &mut text).unwrap();
-        assert_eq!(text, "PYMALLOC_SHOW_STATS=0\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\n");
+        assert_eq!(text, "PYMALLOC_SHOW_STATS=0\nPYMALLOC_STATS_FILE=\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\n");
     }
 
     #[test]

@@ -19,6 +19,7 @@ use crate::os;
 use crate::pool::Pool;
 use crate::size_class::{NUM_CLASSES, class_for_aligned, class_info, class_of};
 use crate::slab::Slab;
+use crate::stats::Counters;
 
 /// The one heap of the process and its lock.
 pub static HEAP: Mutex<FutexMutex, Heap> = Mutex::from_raw(FutexMutex::INIT, Heap::new());
@@ -61,15 +62,6 @@ pub enum Resize {
     Failed,
 }
 
-/// Totals kept as they change (the rest of the statistics are counted by
-/// walking the heap, see `stats`).
-#[derive(Clone, Copy, Default)]
-pub struct Counters {
-    pub arenas: usize,
-    pub large_blocks: usize,
-    pub large_bytes: usize,
-}
-
 pub struct Heap {
     /// Per class, the pools with blocks both in use and free, most
     /// recently refilled first.
@@ -102,7 +94,7 @@ impl Heap {
             arena_records: Slab::new(),
             large_records: Slab::new(),
             large_cache: LargeCache::new(),
-            counters: Counters { arenas: 0, large_blocks: 0, large_bytes: 0 },
+            counters: Counters::ZERO,
         }
     }
 
@@ -372,7 +364,7 @@ impl Heap {
             }
         }
         self.all_arenas = arena;
-        self.counters.arenas += 1;
+        self.counters.arena_mapped();
         arena
     }
 
@@ -398,7 +390,7 @@ impl Heap {
             }
         }
         self.map.remove(arena.base as usize, ARENA_SIZE);
-        self.counters.arenas -= 1;
+        self.counters.arena_unmapped();
         // SAFETY: every pool is free, nothing refers to the arena any more.
         unsafe {
             os::unmap(arena.base, ARENA_SIZE);

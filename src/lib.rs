@@ -75,11 +75,13 @@ mod large;
 mod lock;
 mod os;
 mod pool;
+#[cfg_attr(test, allow(dead_code))] // the exit hook is absent in tests
+mod report;
 mod size_class;
 mod slab;
 mod stats;
 
-pub use abi::{pymalloc_check_heap, pymalloc_version};
+pub use abi::{pymalloc_check_heap, pymalloc_get_stats, pymalloc_print_stats, pymalloc_stats, pymalloc_version};
 
 #[cfg(test)]
 mod model_tests;

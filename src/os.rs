@@ -1,5 +1,6 @@
 //! The only place that talks to the kernel about memory: map, unmap,
-//! remap and decommit.
+//! remap and decommit; and so the place that counts what the allocator
+//! holds from the OS (`OS_TOTALS`).
 //!
 //! Contract: every function is safe to call with the heap lock held (no
 //! allocation, no thread-local storage beyond libc's `errno`), returns
@@ -7,6 +8,7 @@
 //! found it, so that `free` and successful allocations never change it.
 
 use core::ptr;
+use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 
 use crate::geometry::PAGE_SIZE;
 
@@ -33,12 +35,57 @@ pub fn set_errno(value: i32) {
     unsafe { *libc::__errno_location() = value };
 }
 
+/// Bytes mapped now (heap memory and its descriptors), their peak, and
+/// the bytes given back since start (unmapped or decommitted).
+pub struct OsTotals {
+    mapped: AtomicUsize,
+    peak: AtomicUsize,
+    returned: AtomicUsize,
+}
+
+pub static OS_TOTALS: OsTotals =
+    OsTotals { mapped: AtomicUsize::new(0), peak: AtomicUsize::new(0), returned: AtomicUsize::new(0) };
+
+impl OsTotals {
+    pub fn mapped(&self) -> usize {
+        self.mapped.load(Relaxed)
+    }
+    pub fn peak(&self) -> usize {
+        self.peak.load(Relaxed)
+    }
+    pub fn returned(&self) -> usize {
+        self.returned.load(Relaxed)
+    }
+    fn grew(&self, n: usize) {
+        let now = self.mapped.fetch_add(n, Relaxed) + n;
+        self.peak.fetch_max(now, Relaxed);
+    }
+    /// `n` bytes left the address space; `returned` if they had been
+    /// used (not an alignment trim or a mapping moved elsewhere).
+    fn shrank(&self, n: usize, returned: bool) {
+        self.mapped.fetch_sub(n, Relaxed);
+        if returned {
+            self.returned.fetch_add(n, Relaxed);
+        }
+    }
+}
+
 pub const fn page_round_up(n: usize) -> usize {
     (n + PAGE_SIZE - 1) & !(PAGE_SIZE - 1)
 }
 
 /// Maps `len` bytes (a multiple of the page size) of fresh zeroed memory.
 pub fn map(len: usize) -> *mut u8 {
+    let p = map_scratch(len);
+    if !p.is_null() {
+        OS_TOTALS.grew(len);
+    }
+    p
+}
+
+/// As `map`, but not counted in `OS_TOTALS`: for the statistics' own
+/// buffers, which must not disturb what they measure.
+pub fn map_scratch(len: usize) -> *mut u8 {
     let _keep = KeepErrno::new();
     // SAFETY: an anonymous private mapping at an address of the kernel's
     // choosing cannot alias any existing object.
@@ -76,12 +123,13 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
     // and nothing refers to them.
     unsafe {
         if head > 0 {
-            unmap(raw, head);
+            unmap_scratch(raw, head);
         }
         if tail > 0 {
-            unmap((aligned + len) as *mut u8, tail);
+            unmap_scratch((aligned + len) as *mut u8, tail);
         }
     }
+    OS_TOTALS.shrank(head + tail, false);
     aligned as *mut u8
 }
 
@@ -91,6 +139,16 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
 /// The range must be a mapping (or part of one) that this crate made and
 /// that nothing will access again.
 pub unsafe fn unmap(p: *mut u8, len: usize) {
+    OS_TOTALS.shrank(len, true);
+    // SAFETY: as the caller guarantees.
+    unsafe { unmap_scratch(p, len) };
+}
+
+/// Unmaps a range returned by `map_scratch`, uncounted.
+///
+/// # Safety
+/// As for `unmap`.
+pub unsafe fn unmap_scratch(p: *mut u8, len: usize) {
     let _keep = KeepErrno::new();
     // SAFETY: the caller guarantees the range is ours and dead.
     unsafe { libc::munmap(p.cast(), len) };
@@ -104,7 +162,11 @@ pub unsafe fn grow_in_place(p: *mut u8, old_len: usize, new_len: usize) -> bool 
     let _keep = KeepErrno::new();
     // SAFETY: the caller guarantees the range is one of our mappings;
     // without MREMAP_MAYMOVE it cannot move.
-    unsafe { libc::mremap(p.cast(), old_len, new_len, 0) != libc::MAP_FAILED }
+    let grown = unsafe { libc::mremap(p.cast(), old_len, new_len, 0) != libc::MAP_FAILED };
+    if grown {
+        OS_TOTALS.grew(new_len - old_len);
+    }
+    grown
 }
 
 /// Moves the pages of mapping `p..p+old_len` to `target`, growing it to
@@ -120,7 +182,11 @@ pub unsafe fn move_onto(p: *mut u8, old_len: usize, new_len: usize, target: *mut
     let q = unsafe {
         libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, target)
     };
-    q != libc::MAP_FAILED
+    let moved = q != libc::MAP_FAILED;
+    if moved {
+        OS_TOTALS.shrank(old_len, false); // the target was counted when mapped
+    }
+    moved
 }
 
 /// Shrinks a mapping in place to `new_len` bytes.
@@ -142,4 +208,5 @@ pub unsafe fn decommit(p: *mut u8, len: usize) {
     let _keep = KeepErrno::new();
     // SAFETY: the caller guarantees the range is ours and dead.
     unsafe { libc::madvise(p.cast(), len, libc::MADV_DONTNEED) };
+    OS_TOTALS.returned.fetch_add(len, Relaxed);
 }

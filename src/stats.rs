@@ -1,12 +1,73 @@
-//! Statistics: a snapshot counted by walking the heap under the lock, and
-//! the glibc reports built from it (`mallinfo`, `mallinfo2`,
-//! `malloc_stats`, `malloc_info`), formatted without allocating.
+//! Statistics: the counters, defined once (`stats_fields.rs`); a
+//! snapshot of the heap taken under the lock; the per-pool detail behind
+//! the JSON report's picture; and the glibc reports (`mallinfo`,
+//! `mallinfo2`, `malloc_stats`, `malloc_info`) built from the same
+//! numbers. Formatting (here and in `report`) never allocates, and
+//! happens after the lock is released.
 
 use core::fmt::{self, Write};
 
-use crate::geometry::ARENA_SIZE;
+use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA};
 use crate::heap::Heap;
-use crate::size_class::{NUM_CLASSES, size_of};
+use crate::os::OS_TOTALS;
+use crate::pool::Pool;
+use crate::size_class::{NUM_CLASSES, SMALL_CLASSES, size_of};
+
+/// What the heap counts as it changes, under its lock (the rest of the
+/// statistics are counted by walking the heap, or by `os`).
+#[derive(Clone, Copy, Default)]
+pub struct Counters {
+    /// Arenas mapped now (the spare included).
+    pub arenas: usize,
+    pub arenas_allocated: usize,
+    pub arenas_reclaimed: usize,
+    pub arenas_highwater: usize,
+    pub large_blocks: usize,
+    pub large_bytes: usize,
+}
+
+impl Counters {
+    pub const ZERO: Counters = Counters {
+        arenas: 0,
+        arenas_allocated: 0,
+        arenas_reclaimed: 0,
+        arenas_highwater: 0,
+        large_blocks: 0,
+        large_bytes: 0,
+    };
+
+    pub fn arena_mapped(&mut self) {
+        self.arenas += 1;
+        self.arenas_allocated += 1;
+        self.arenas_highwater = self.arenas_highwater.max(self.arenas);
+    }
+
+    pub fn arena_unmapped(&mut self) {
+        self.arenas -= 1;
+        self.arenas_reclaimed += 1;
+    }
+}
+
+macro_rules! stats_fields {
+    ($( $name:ident : $label:literal, )*) => {
+        /// The heap's totals; laid out as the C `struct pymalloc_stats`
+        /// after its `size` field (every field a `size_t`).
+        #[repr(C)]
+        #[derive(Clone, Copy, Default, Debug, PartialEq, Eq)]
+        pub struct Totals {
+            $( #[doc = $label] pub $name: usize, )*
+        }
+
+        impl Totals {
+            /// Calls `f(name, label, value)` for every field, in order.
+            pub fn for_each(&self, mut f: impl FnMut(&'static str, &'static str, usize)) {
+                $( f(stringify!($name), $label, self.$name); )*
+            }
+        }
+    };
+}
+
+include!("stats_fields.rs");
 
 #[derive(Clone, Copy, Default)]
 pub struct ClassStats {
@@ -19,85 +80,109 @@ pub struct ClassStats {
 #[derive(Clone, Copy)]
 pub struct Snapshot {
     pub classes: [ClassStats; NUM_CLASSES],
-    /// Bytes of arena memory (including the spare).
-    pub arena_bytes: usize,
-    /// Bytes of live small and medium blocks.
-    pub block_bytes: usize,
-    /// Pools that are empty or unborn, and their bytes.
+    pub totals: Totals,
+    /// Pools that are empty or unborn, in every tier.
     pub free_pools: usize,
-    pub free_pool_bytes: usize,
-    pub large_blocks: usize,
-    pub large_bytes: usize,
-    pub cached_bytes: usize,
-    pub spare_bytes: usize,
 }
 
 impl Snapshot {
     pub fn of(heap: &Heap) -> Snapshot {
-        let mut s = Snapshot {
-            classes: [ClassStats::default(); NUM_CLASSES],
-            arena_bytes: heap.counters.arenas * ARENA_SIZE,
-            block_bytes: 0,
-            free_pools: 0,
-            free_pool_bytes: 0,
-            large_blocks: heap.counters.large_blocks,
-            large_bytes: heap.counters.large_bytes,
-            cached_bytes: heap.large_cache().bytes,
-            spare_bytes: 0,
+        let c = &heap.counters;
+        let cache = heap.large_cache();
+        let mut t = Totals {
+            arenas_allocated: c.arenas_allocated,
+            arenas_reclaimed: c.arenas_reclaimed,
+            arenas_highwater: c.arenas_highwater,
+            arenas: c.arenas,
+            arena_bytes: c.arenas * ARENA_SIZE,
+            large_blocks: c.large_blocks,
+            large_bytes: c.large_bytes,
+            cached_mappings: cache.entries,
+            cached_bytes: cache.bytes,
+            bytes_mapped: OS_TOTALS.mapped(),
+            bytes_mapped_peak: OS_TOTALS.peak(),
+            bytes_returned: OS_TOTALS.returned(),
+            ..Totals::default()
         };
+        let mut classes = [ClassStats::default(); NUM_CLASSES];
+        let mut free_pools = 0;
         heap.for_each_arena(|arena| {
             if heap.is_spare(arena) {
-                s.spare_bytes = ARENA_SIZE;
+                t.spare_bytes += ARENA_SIZE;
                 return;
             }
-            s.free_pools += arena.nfreepools as usize;
-            s.free_pool_bytes += arena.nfreepools as usize * arena.pool_size();
+            free_pools += arena.nfreepools as usize;
+            t.free_pool_bytes += arena.nfreepools as usize * arena.pool_size();
             for pool in arena.pools.iter().take(arena.next_unused as usize) {
-                let Some(class) = s.classes.get_mut(pool.class as usize) else { continue };
+                let Some(class) = classes.get_mut(pool.class as usize) else { continue };
                 if pool.ref_count == 0 {
                     continue;
                 }
+                let (used, capacity, size) =
+                    (pool.ref_count as usize, pool.capacity() as usize, pool.block_size as usize);
                 class.pools += 1;
-                class.blocks_in_use += pool.ref_count as usize;
-                class.blocks_free += (pool.capacity() - pool.ref_count) as usize;
-                s.block_bytes += pool.ref_count as usize * pool.block_size as usize;
+                class.blocks_in_use += used;
+                class.blocks_free += capacity - used;
+                if (pool.class as usize) < SMALL_CLASSES {
+                    t.small_blocks += used;
+                    t.small_bytes += used * size;
+                } else {
+                    t.medium_blocks += used;
+                    t.medium_bytes += used * size;
+                }
+                t.pools_in_use += 1;
+                t.avail_bytes += (capacity - used) * size;
+                t.quantization_bytes += arena.pool_size() - capacity * size;
             }
         });
-        s
+        t.blocks_in_use = t.small_blocks + t.medium_blocks + t.large_blocks;
+        t.bytes_in_use = t.small_bytes + t.medium_bytes + t.large_bytes;
+        Snapshot { classes, totals: t, free_pools }
     }
 
-    /// Bytes handed out and not freed (usable sizes).
-    pub fn bytes_in_use(&self) -> usize {
-        self.block_bytes + self.large_bytes
+    fn free_blocks(&self) -> usize {
+        self.classes.iter().map(|c| c.blocks_free).sum()
+    }
+
+    /// Bytes of live small and medium blocks (glibc's "in use" for its
+    /// arenas, where large mappings are counted apart).
+    fn arena_bytes_in_use(&self) -> usize {
+        self.totals.small_bytes + self.totals.medium_bytes
+    }
+
+    /// Free stretches: free blocks of used pools, and pools wholly free.
+    fn free_chunks(&self) -> usize {
+        self.free_blocks() + self.free_pools
     }
 
     pub fn mallinfo2(&self) -> libc::mallinfo2 {
-        let free_blocks: usize = self.classes.iter().map(|c| c.blocks_free).sum();
+        let t = &self.totals;
         libc::mallinfo2 {
-            arena: self.arena_bytes,
-            ordblks: free_blocks + self.free_pools,
+            arena: t.arena_bytes,
+            ordblks: self.free_chunks(),
             smblks: 0,
-            hblks: self.large_blocks,
-            hblkhd: self.large_bytes,
+            hblks: t.large_blocks,
+            hblkhd: t.large_bytes,
             usmblks: 0,
             fsmblks: 0,
-            uordblks: self.block_bytes,
-            fordblks: self.arena_bytes - self.block_bytes,
-            keepcost: self.spare_bytes + self.cached_bytes,
+            uordblks: self.arena_bytes_in_use(),
+            fordblks: t.arena_bytes - self.arena_bytes_in_use(),
+            keepcost: t.spare_bytes + t.cached_bytes,
         }
     }
 
     /// glibc's `malloc_stats` layout, one arena.
     pub fn write_malloc_stats(&self, out: &mut impl Write) -> fmt::Result {
-        let system = self.arena_bytes + self.large_bytes + self.cached_bytes;
+        let t = &self.totals;
+        let system = t.arena_bytes + t.large_bytes + t.cached_bytes;
         writeln!(out, "Arena 0:")?;
-        writeln!(out, "system bytes     = {:>10}", self.arena_bytes)?;
-        writeln!(out, "in use bytes     = {:>10}", self.block_bytes)?;
+        writeln!(out, "system bytes     = {:>10}", t.arena_bytes)?;
+        writeln!(out, "in use bytes     = {:>10}", self.arena_bytes_in_use())?;
         writeln!(out, "Total (incl. mmap):")?;
         writeln!(out, "system bytes     = {:>10}", system)?;
-        writeln!(out, "in use bytes     = {:>10}", self.bytes_in_use())?;
-        writeln!(out, "max mmap regions = {:>10}", self.large_blocks)?;
-        writeln!(out, "max mmap bytes   = {:>10}", self.large_bytes)
+        writeln!(out, "in use bytes     = {:>10}", t.bytes_in_use)?;
+        writeln!(out, "max mmap regions = {:>10}", t.large_blocks)?;
+        writeln!(out, "max mmap bytes   = {:>10}", t.large_bytes)
     }
 
     /// glibc's `malloc_info` XML: one heap with a size element per class.
@@ -113,19 +198,101 @@ impl Snapshot {
             }
         }
         writeln!(out, "</sizes>")?;
-        let free_bytes = self.arena_bytes - self.block_bytes;
+        let t = &self.totals;
+        let free_bytes = t.arena_bytes - self.arena_bytes_in_use();
+        let free_chunks = self.free_chunks();
         writeln!(out, "<total type=\"fast\" count=\"0\" size=\"0\"/>")?;
-        writeln!(out, "<total type=\"rest\" count=\"{}\" size=\"{}\"/>", self.free_pools, free_bytes)?;
-        writeln!(out, "<system type=\"current\" size=\"{}\"/>", self.arena_bytes)?;
-        writeln!(out, "<aspace type=\"total\" size=\"{}\"/>", self.arena_bytes)?;
+        writeln!(out, "<total type=\"rest\" count=\"{}\" size=\"{}\"/>", free_chunks, free_bytes)?;
+        writeln!(out, "<system type=\"current\" size=\"{}\"/>", t.arena_bytes)?;
+        writeln!(out, "<aspace type=\"total\" size=\"{}\"/>", t.arena_bytes)?;
         writeln!(out, "</heap>")?;
         writeln!(out, "<total type=\"fast\" count=\"0\" size=\"0\"/>")?;
-        writeln!(out, "<total type=\"rest\" count=\"{}\" size=\"{}\"/>", self.free_pools, free_bytes)?;
-        writeln!(out, "<total type=\"mmap\" count=\"{}\" size=\"{}\"/>", self.large_blocks, self.large_bytes)?;
-        writeln!(out, "<system type=\"current\" size=\"{}\"/>", self.arena_bytes + self.large_bytes)?;
-        writeln!(out, "<aspace type=\"total\" size=\"{}\"/>", self.arena_bytes + self.large_bytes)?;
+        writeln!(out, "<total type=\"rest\" count=\"{}\" size=\"{}\"/>", free_chunks, free_bytes)?;
+        writeln!(out, "<total type=\"mmap\" count=\"{}\" size=\"{}\"/>", t.large_blocks, t.large_bytes)?;
+        writeln!(out, "<system type=\"current\" size=\"{}\"/>", t.arena_bytes + t.large_bytes)?;
+        writeln!(out, "<aspace type=\"total\" size=\"{}\"/>", t.arena_bytes + t.large_bytes)?;
         writeln!(out, "</malloc>")
     }
+}
+
+/// What a pool is doing, for the picture (`pool_states` in the JSON).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+#[repr(u8)]
+pub enum PoolState {
+    /// Never carved since its arena was mapped.
+    #[default]
+    Unborn,
+    /// No live block; its pages may hold old data.
+    Empty,
+    /// No live block, pages given back to the OS.
+    Released,
+    /// Some blocks live, some free.
+    Used,
+    /// Every block live.
+    Full,
+}
+
+impl PoolState {
+    pub const NAMES: [&'static str; 5] = ["unborn", "empty", "released", "used", "full"];
+}
+
+/// One pool, as the picture needs it.
+#[derive(Clone, Copy, Default)]
+pub struct PoolDetail {
+    pub state: PoolState,
+    /// The class served (meaningful while used or full).
+    pub class: u8,
+    pub in_use: u32,
+    pub capacity: u32,
+}
+
+/// One arena and its pools. The all-zero bit pattern is a valid value
+/// (fresh `mmap` memory can be used as an array of these).
+#[derive(Clone, Copy)]
+pub struct ArenaDetail {
+    pub base: usize,
+    pub pool_size: usize,
+    pub npools: u32,
+    pub spare: bool,
+    pub pools: [PoolDetail; MAX_POOLS_PER_ARENA],
+}
+
+impl PoolDetail {
+    fn of(pool: &Pool) -> PoolDetail {
+        let state = match pool.ref_count {
+            0 if pool.dirty_end == 0 => PoolState::Released,
+            0 => PoolState::Empty,
+            _ if pool.is_full() => PoolState::Full,
+            _ => PoolState::Used,
+        };
+        let capacity = if pool.ref_count == 0 { 0 } else { pool.capacity() };
+        PoolDetail { state, class: pool.class, in_use: pool.ref_count, capacity }
+    }
+}
+
+/// Fills `out` with every arena's pools (the heap's lock held); returns
+/// how many were written and whether some did not fit.
+pub fn collect_detail(heap: &Heap, out: &mut [ArenaDetail]) -> (usize, bool) {
+    let mut n = 0;
+    let mut truncated = false;
+    heap.for_each_arena(|arena| {
+        let Some(slot) = out.get_mut(n) else {
+            truncated = true;
+            return;
+        };
+        slot.base = arena.base as usize;
+        slot.pool_size = arena.pool_size();
+        slot.npools = arena.ntotalpools;
+        slot.spare = heap.is_spare(arena);
+        for (i, detail) in slot.pools.iter_mut().enumerate() {
+            *detail = match arena.pools.get(i) {
+                Some(pool) if i < arena.next_unused as usize => PoolDetail::of(pool),
+                _ => PoolDetail::default(),
+            };
+        }
+        n += 1;
+    });
+    (n, truncated)
 }
 
 /// A `fmt::Write` into a fixed buffer that hands full chunks to a sink
@@ -179,5 +346,57 @@ pub fn write_fd(fd: i32, mut bytes: &[u8]) {
             return;
         }
         bytes = bytes.get(n as usize..).unwrap_or_default();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn adds_up(t: &Totals) {
+        let parts = t.small_bytes
+            + t.medium_bytes
+            + t.avail_bytes
+            + t.free_pool_bytes
+            + t.quantization_bytes
+            + t.spare_bytes;
+        assert_eq!(t.arena_bytes, parts, "{t:?}");
+        assert_eq!(t.bytes_in_use, t.small_bytes + t.medium_bytes + t.large_bytes);
+    }
+
+    #[test]
+    fn totals_follow_the_heap() {
+        let mut heap = Heap::new();
+        let mut live = Vec::new();
+        for i in 0..3000usize {
+            live.push(heap.alloc(1 + (i * 7919) % 20000).ptr);
+        }
+        live.push(heap.alloc(300_000).ptr);
+        let s = Snapshot::of(&heap);
+        adds_up(&s.totals);
+        assert_eq!(s.totals.large_blocks, 1);
+        assert_eq!(s.totals.blocks_in_use, live.len());
+        let detail_room = heap.counters.arenas;
+        let mut detail = vec![
+            ArenaDetail { base: 0, pool_size: 0, npools: 0, spare: false, pools: [PoolDetail::default(); MAX_POOLS_PER_ARENA] };
+            detail_room
+        ];
+        assert_eq!(collect_detail(&heap, &mut detail), (detail_room, false));
+        let in_pools: u32 = detail.iter().flat_map(|a| a.pools.iter()).map(|p| p.in_use).sum();
+        assert_eq!(in_pools as usize, s.totals.small_blocks + s.totals.medium_blocks);
+        assert_eq!(collect_detail(&heap, &mut detail[..1]), (1, detail_room > 1));
+
+        for p in live.iter().step_by(2) {
+            heap.free(*p).unwrap();
+        }
+        adds_up(&Snapshot::of(&heap).totals);
+        for p in live.iter().skip(1).step_by(2) {
+            heap.free(*p).unwrap();
+        }
+        let t = Snapshot::of(&heap).totals;
+        adds_up(&t);
+        assert_eq!((t.blocks_in_use, t.bytes_in_use), (0, 0));
+        assert!(t.arenas_allocated >= t.arenas_highwater && t.arenas_highwater >= 2);
+        assert_eq!(t.arenas_allocated - t.arenas_reclaimed, t.arenas);
     }
 }

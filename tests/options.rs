@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{Config, clean_env, compile_c, library, python_executable, run};
+use common::{Config, clean_env, compile_c, library, python_executable, run, without_options};
 use std::process::Command;
 use std::time::Duration;
 
@@ -13,12 +13,7 @@ const TIMEOUT: Duration = Duration::from_secs(120);
 /// A command with every `PYMALLOC_*` variable removed, then `vars` set.
 fn command(program: &str, args: &[&str], preload: bool, vars: &[(&str, &str)]) -> Command {
     let mut cmd = Command::new(program);
-    clean_env(&mut cmd).args(args);
-    for (name, _) in std::env::vars_os() {
-        if name.to_string_lossy().starts_with("PYMALLOC_") {
-            cmd.env_remove(name);
-        }
-    }
+    without_options(clean_env(&mut cmd)).args(args);
     if preload {
         cmd.env("LD_PRELOAD", library()).env("PYTHONMALLOC", "malloc");
     }
@@ -71,6 +66,7 @@ fn bad_value_warns_once_and_keeps_the_default() {
 fn verbose_listing(show_stats: &str, debug: &str) -> String {
     format!(
         "pymalloc {}: options\npymalloc:   PYMALLOC_SHOW_STATS={show_stats}\n\
+         pymalloc:   PYMALLOC_STATS_FILE=\n\
          pymalloc:   PYMALLOC_VERBOSE=1\npymalloc:   PYMALLOC_DEBUG={debug}\n",
         env!("CARGO_PKG_VERSION")
     )

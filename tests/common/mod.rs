@@ -323,6 +323,17 @@ pub fn clean_env(cmd: &mut Command) -> &mut Command {
     cmd
 }
 
+/// Removes every `PYMALLOC_*` variable (the allocator's options), so a
+/// test sets exactly the ones it means.
+pub fn without_options(cmd: &mut Command) -> &mut Command {
+    for (name, _) in std::env::vars_os() {
+        if name.to_string_lossy().starts_with("PYMALLOC_") {
+            cmd.env_remove(name);
+        }
+    }
+    cmd
+}
+
 /// One line of `LD_DEBUG=bindings` output.
 struct Binding<'a> {
     pid: &'a str,
