@@ -11,15 +11,32 @@ use core::ptr;
 use crate::config;
 use crate::debug::fatal;
 use crate::geometry::{MIN_ALIGN, PAGE_SIZE};
-use crate::heap::{HEAP, Resize};
+use crate::heap::{Block, HEAP, HeapGuard, Resize};
 use crate::os::set_errno;
 use crate::report;
 use crate::stats::{ChunkWriter, Snapshot, Totals, write_fd};
 
+/// Releases the lock after an allocation by `function`. A null block is
+/// out of memory (the caller sets errno), unless the heap found itself
+/// corrupted: then this reports it and aborts.
 #[inline(always)]
-fn alloc(n: usize) -> *mut c_void {
+fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
+    if block.ptr.is_null() {
+        if let Some(fault) = heap.take_fault() {
+            drop(heap);
+            fatal(function, fault, ptr::null());
+        }
+    }
+    block
+}
+
+/// A block of `n` bytes for `function`, or null with ENOMEM.
+#[inline(always)]
+fn alloc(n: usize, function: &str) -> *mut c_void {
     config::ensure();
-    let block = HEAP.lock().alloc(n);
+    let mut heap = HEAP.lock();
+    let block = heap.alloc(n);
+    let block = unlock_checked(heap, block, function);
     if block.ptr.is_null() {
         set_errno(libc::ENOMEM);
     }
@@ -27,9 +44,11 @@ fn alloc(n: usize) -> *mut c_void {
 }
 
 /// `align` must be a power of two.
-fn alloc_aligned(align: usize, n: usize) -> *mut c_void {
+fn alloc_aligned(align: usize, n: usize, function: &str) -> *mut c_void {
     config::ensure();
-    let block = HEAP.lock().alloc_aligned(align, n);
+    let mut heap = HEAP.lock();
+    let block = heap.alloc_aligned(align, n);
+    let block = unlock_checked(heap, block, function);
     if block.ptr.is_null() {
         set_errno(libc::ENOMEM);
     }
@@ -49,7 +68,7 @@ fn release(p: *mut c_void, function: &str) {
 
 fn resize(p: *mut c_void, n: usize) -> *mut c_void {
     if p.is_null() {
-        return alloc(n);
+        return alloc(n, "realloc");
     }
     if n == 0 {
         release(p, "realloc");
@@ -59,7 +78,9 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
     match result {
         Ok(Resize::Done(q)) => q.cast(),
         Ok(Resize::Move { usable }) => {
-            let q: *mut c_void = HEAP.lock().alloc(n).ptr.cast();
+            let mut heap = HEAP.lock();
+            let block = heap.alloc(n);
+            let q: *mut c_void = unlock_checked(heap, block, "realloc").ptr.cast();
             if q.is_null() {
                 // A shrink may keep the old block; a growth fails.
                 if n <= usable {
@@ -88,7 +109,9 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
         return ptr::null_mut();
     };
     config::ensure();
-    let block = HEAP.lock().alloc(n);
+    let mut heap = HEAP.lock();
+    let block = heap.alloc(n);
+    let block = unlock_checked(heap, block, "calloc");
     if block.ptr.is_null() {
         set_errno(libc::ENOMEM);
     } else if !block.zeroed {
@@ -100,14 +123,14 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
 
 fn memalign_impl(align: usize, n: usize) -> *mut c_void {
     if align <= MIN_ALIGN {
-        return alloc(n);
+        return alloc(n, "memalign");
     }
     // glibc: an alignment above SIZE_MAX/2+1 is invalid, others round up.
     if align > usize::MAX / 2 + 1 {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    alloc_aligned(align.next_power_of_two(), n)
+    alloc_aligned(align.next_power_of_two(), n, "memalign")
 }
 
 fn usable_size(p: *mut c_void) -> usize {
@@ -126,7 +149,9 @@ fn posix_memalign_impl(out: *mut *mut c_void, align: usize, n: usize) -> c_int {
         return libc::EINVAL;
     }
     config::ensure();
-    let block = HEAP.lock().alloc_aligned(align, n);
+    let mut heap = HEAP.lock();
+    let block = heap.alloc_aligned(align, n);
+    let block = unlock_checked(heap, block, "posix_memalign");
     if block.ptr.is_null() {
         return libc::ENOMEM;
     }
@@ -140,13 +165,13 @@ fn pvalloc_impl(n: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    alloc_aligned(PAGE_SIZE, rounded)
+    alloc_aligned(PAGE_SIZE, rounded, "pvalloc")
 }
 
 /// C `malloc`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    alloc(size)
+    alloc(size, "malloc")
 }
 
 /// C `free`.
@@ -196,7 +221,7 @@ pub extern "C" fn aligned_alloc(align: usize, size: usize) -> *mut c_void {
         set_errno(libc::EINVAL);
         return ptr::null_mut();
     }
-    alloc_aligned(align, size)
+    alloc_aligned(align, size, "aligned_alloc")
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
@@ -206,7 +231,7 @@ pub extern "C" fn memalign(align: usize, size: usize) -> *mut c_void {
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn valloc(size: usize) -> *mut c_void {
-    alloc_aligned(PAGE_SIZE, size)
+    alloc_aligned(PAGE_SIZE, size, "valloc")
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
@@ -223,7 +248,7 @@ pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
-    alloc(size)
+    alloc(size, "malloc")
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
@@ -248,7 +273,7 @@ pub extern "C" fn __libc_memalign(align: usize, size: usize) -> *mut c_void {
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn __libc_valloc(size: usize) -> *mut c_void {
-    alloc_aligned(PAGE_SIZE, size)
+    alloc_aligned(PAGE_SIZE, size, "valloc")
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]

@@ -5,25 +5,45 @@ use core::fmt::Write;
 use crate::arena::Arena;
 use crate::arena_map::Owner;
 use crate::geometry::{ARENA_SIZE, TIER_COUNT};
+use crate::hardening::Secret;
 use crate::heap::{Fault, Heap};
 use crate::pool::Pool;
 use crate::size_class::{NUM_CLASSES, class_info};
 use crate::stats::{ChunkWriter, write_fd};
 
-/// Reports heap misuse in one line on stderr and aborts. Called with the
-/// heap lock released, so that signal handlers run by `abort` can still
-/// allocate.
+/// Reports heap misuse by `function` with the pointer `addr` it was given
+/// (null for allocating functions) in one line on stderr, and aborts.
+/// Called with the heap lock released, so that signal handlers run by
+/// `abort` can still allocate.
 #[cold]
 pub fn fatal(function: &str, fault: Fault, addr: *const u8) -> ! {
-    let what = match fault {
-        Fault::InvalidPointer => "invalid pointer",
-    };
     {
         let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
-        let _ = writeln!(out, "pymalloc: {function}(): {what} {addr:p}");
+        let _ = write!(out, "pymalloc: {function}(): ");
+        let _ = match fault {
+            Fault::InvalidPointer => write!(out, "invalid pointer {addr:p}"),
+            Fault::Freed { class_size } => {
+                let frees = matches!(function, "free" | "free_sized" | "free_aligned_sized");
+                let what = if frees { "double free of" } else { "pointer to a freed block" };
+                write!(out, "{what} {addr:p}, ")
+                    .and_then(|()| write_class(&mut out, class_size))
+            }
+            Fault::CorruptFreeList { at, class_size } => {
+                write!(out, "corrupted free list: link in free block {at:p} overwritten, ")
+                    .and_then(|()| write_class(&mut out, class_size))
+            }
+        };
+        let _ = out.write_str("\n");
     }
     // SAFETY: abort never returns and is async-signal-safe.
     unsafe { libc::abort() }
+}
+
+fn write_class(out: &mut impl Write, class_size: usize) -> core::fmt::Result {
+    match class_size {
+        0 => write!(out, "large block"),
+        n => write!(out, "size class {n}"),
+    }
 }
 
 impl Heap {
@@ -81,7 +101,7 @@ impl Heap {
         }
         for pool in arena.pools.iter().take(arena.next_unused as usize) {
             if pool.ref_count > 0 {
-                check_pool(pool, arena)?;
+                check_pool(pool, arena, self.secret())?;
             }
         }
         Ok(())
@@ -140,33 +160,21 @@ impl Heap {
     }
 }
 
-fn check_pool(pool: &Pool, arena: &Arena) -> Result<(), &'static str> {
+fn check_pool(pool: &Pool, arena: &Arena, secret: Secret) -> Result<(), &'static str> {
     if (pool.class as usize) >= NUM_CLASSES || class_info(pool.class as usize).tier != arena.tier {
         return Err("pool serves a class of another tier");
     }
     if pool.ref_count > pool.capacity() || pool.nextoffset > pool.maxnextoffset + pool.block_size {
         return Err("pool counts out of range");
     }
-    let mut free = 0;
-    let mut cur = pool.freeblock;
-    while !cur.is_null() {
-        if !pool_contains_carved(pool, cur as usize) {
-            return Err("free list link outside its pool");
-        }
-        free += 1;
-        if free > pool.capacity() {
-            return Err("free list has a cycle");
-        }
-        // SAFETY: cur is a carved block of this pool (checked above).
-        cur = unsafe { cur.cast::<*mut u8>().read() };
+    if !pool.freeblock.is_null() && !pool.is_carved_block(pool.freeblock as usize) {
+        return Err("free list head outside its pool");
     }
+    let free = pool
+        .walk_free_list(secret, |_| {})
+        .map_err(|_| "free list link corrupted (outside its pool, or a cycle)")?;
     if Some(pool.ref_count + free) != pool.nextoffset.checked_div(pool.block_size) {
         return Err("ref_count + free blocks != carved blocks");
     }
     Ok(())
-}
-
-fn pool_contains_carved(pool: &Pool, addr: usize) -> bool {
-    let offset = addr.wrapping_sub(pool.base as usize);
-    offset < pool.nextoffset as usize && offset.checked_rem(pool.block_size as usize) == Some(0)
 }

@@ -8,12 +8,13 @@
 
 use core::ptr;
 
-use parking_lot::lock_api::{Mutex, RawMutex};
+use parking_lot::lock_api::{Mutex, MutexGuard, RawMutex};
 
 use crate::arena::{Arena, Tier};
 use crate::arena_map::{ArenaMap, Owner};
+use crate::hardening::Secret;
 use crate::geometry::{ARENA_SIZE, GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, TIER_COUNT};
-use crate::large::{self, LargeBlock, LargeCache};
+use crate::large::{self, LargeBlock, LargeCache, RecentlyFreed};
 use crate::lock::FutexMutex;
 use crate::os;
 use crate::pool::Pool;
@@ -23,6 +24,8 @@ use crate::stats::Counters;
 
 /// The one heap of the process and its lock.
 pub static HEAP: Mutex<FutexMutex, Heap> = Mutex::from_raw(FutexMutex::INIT, Heap::new());
+
+pub type HeapGuard = MutexGuard<'static, FutexMutex, Heap>;
 
 /// A fresh block: null when out of memory; `zeroed` when its bytes are
 /// known to be zero (fresh from the OS), so `calloc` can skip clearing.
@@ -37,11 +40,16 @@ impl Block {
 }
 
 /// Heap misuse detected by an operation, reported by `abi` after the lock
-/// is released.
+/// is released (`debug::fatal`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Fault {
-    /// Not the first byte of a live block of ours.
+    /// Not the first byte of a block of ours.
     InvalidPointer,
+    /// A block that is already free: of a class of `class_size` bytes, or
+    /// a large block (`class_size` 0).
+    Freed { class_size: usize },
+    /// The free-list link held by the free block `at` was overwritten.
+    CorruptFreeList { at: *mut u8, class_size: usize },
 }
 
 /// Where a live block lives.
@@ -62,21 +70,28 @@ pub enum Resize {
     Failed,
 }
 
+#[repr(C)] // hot fields first, together; the 256 KiB arena map last
 pub struct Heap {
     /// Per class, the pools with blocks both in use and free, most
     /// recently refilled first.
     usedpools: [*mut Pool; NUM_CLASSES],
+    /// Mangles free-list links; drawn when the first arena is mapped.
+    secret: Secret,
     tiers: [Tier; TIER_COUNT],
     /// One entirely free arena kept mapped, so that a program hovering at
     /// an arena boundary does not map and unmap one on every call.
     spare: *mut Arena,
     /// Every arena, the spare included.
     all_arenas: *mut Arena,
-    map: ArenaMap,
+    /// Set when an allocation found a free list corrupted.
+    fault: Option<Fault>,
+    pub counters: Counters,
     arena_records: Slab<Arena>,
     large_records: Slab<LargeBlock>,
     large_cache: LargeCache,
-    pub counters: Counters,
+    /// Large blocks freed lately, to tell a double free from a wild pointer.
+    recently_freed: RecentlyFreed,
+    map: ArenaMap,
 }
 
 // SAFETY: the raw pointers refer to memory owned by the heap alone, which
@@ -94,11 +109,15 @@ impl Heap {
             arena_records: Slab::new(),
             large_records: Slab::new(),
             large_cache: LargeCache::new(),
+            recently_freed: RecentlyFreed::new(),
+            secret: Secret::UNSET,
+            fault: None,
             counters: Counters::ZERO,
         }
     }
 
-    /// A block of at least `n` bytes, aligned to `MIN_ALIGN`.
+    /// A block of at least `n` bytes, aligned to `MIN_ALIGN`. A null block
+    /// means out of memory, or a corrupted free list: see `take_fault`.
     #[inline(always)]
     pub fn alloc(&mut self, n: usize) -> Block {
         if n <= MEDIUM_MAX {
@@ -108,7 +127,8 @@ impl Heap {
         }
     }
 
-    /// A block of at least `n` bytes aligned to `align`, a power of two.
+    /// A block of at least `n` bytes aligned to `align`, a power of two;
+    /// null as for `alloc`.
     pub fn alloc_aligned(&mut self, align: usize, n: usize) -> Block {
         if align <= MIN_ALIGN {
             return self.alloc(n);
@@ -130,29 +150,73 @@ impl Heap {
         }
         // SAFETY: pools in usedpools are live and not full.
         let pool = unsafe { &mut *pool };
-        let (ptr, zeroed) = pool.alloc();
+        let Some((ptr, zeroed)) = pool.alloc(self.secret) else {
+            return self.corrupted(pool);
+        };
         if pool.is_full() {
             self.unlink_used(pool);
         }
         Block { ptr, zeroed }
     }
 
+    #[cold]
+    fn corrupted(&mut self, pool: &Pool) -> Block {
+        self.fault = Some(pool.corrupt_link(pool.freeblock));
+        Block::NONE
+    }
+
+    /// Why the last allocation returned a null block, if not for lack of
+    /// memory; forgotten once asked.
+    pub fn take_fault(&mut self) -> Option<Fault> {
+        self.fault.take()
+    }
+
     /// The live block starting at `p`: its pool, or its large mapping.
     #[inline(always)]
     fn find(&self, p: *mut u8) -> Result<Found, Fault> {
+        // The common case, vouched for cheaply; anything else is examined
+        // by `examine`, which also explains what is wrong.
         match self.map.get(p as usize) {
             Some(Owner::Arena(arena)) => {
                 // SAFETY: the map only names live arena descriptors, and
                 // only for addresses inside their arena.
-                let pool = unsafe { Arena::pool_at(arena, p as usize) };
-                match pool {
+                if let Some(pool) = unsafe { Arena::pool_at(arena, p as usize) } {
                     // SAFETY: pool_at returns only born pools of the arena.
-                    Some(pool) if unsafe { (*pool).owns_block(p as usize) } => Ok(Found::Pool(pool)),
-                    _ => Err(Fault::InvalidPointer),
+                    if unsafe { (*pool).is_live_block(p, self.secret) } {
+                        return Ok(Found::Pool(pool));
+                    }
                 }
             }
             // SAFETY: the map only names live large descriptors.
-            Some(Owner::Large(block)) if unsafe { (*block).base } == p => Ok(Found::Large(block)),
+            Some(Owner::Large(block)) if unsafe { (*block).base } == p => return Ok(Found::Large(block)),
+            _ => {}
+        }
+        self.examine(p)
+    }
+
+    /// `find` for a pointer its fast path could not vouch for: a live
+    /// block after all (one that holds the free-block key), or the fault.
+    #[cold]
+    #[inline(never)]
+    fn examine(&self, p: *mut u8) -> Result<Found, Fault> {
+        match self.map.get(p as usize) {
+            Some(Owner::Arena(arena)) => {
+                // SAFETY: as in `find`.
+                let pool = unsafe { Arena::pool_at(arena, p as usize) }.ok_or(Fault::InvalidPointer)?;
+                // SAFETY: as in `find`.
+                let pool_ref = unsafe { &*pool };
+                if !pool_ref.is_carved_block(p as usize) {
+                    return Err(Fault::InvalidPointer);
+                }
+                if pool_ref.ref_count == 0 || pool_ref.on_free_list(p, self.secret)? {
+                    return Err(Fault::Freed { class_size: pool_ref.block_size as usize });
+                }
+                Ok(Found::Pool(pool))
+            }
+            // A large block freed lately (or still cached), or a wild pointer.
+            _ if self.recently_freed.contains(p) || self.large_cache.holds_base(p) => {
+                Err(Fault::Freed { class_size: 0 })
+            }
             _ => Err(Fault::InvalidPointer),
         }
     }
@@ -201,8 +265,8 @@ impl Heap {
     #[inline(always)]
     fn free_block(&mut self, pool: &mut Pool, p: *mut u8) {
         let was_full = pool.is_full();
-        // SAFETY: `owns_block` vouched for p.
-        unsafe { pool.free(p) };
+        // SAFETY: `find` vouched for p: a live block of the pool.
+        unsafe { pool.free(p, self.secret) };
         if pool.ref_count == 0 {
             self.pool_emptied(pool, was_full);
         } else if was_full {
@@ -336,6 +400,7 @@ impl Heap {
     }
 
     fn map_arena(&mut self) -> *mut Arena {
+        self.secret.ensure();
         let base = self.map_memory(ARENA_SIZE, ARENA_SIZE);
         if base.is_null() {
             return ptr::null_mut();
@@ -440,6 +505,7 @@ impl Heap {
         self.map.remove(b.base as usize, GRANULE_SIZE);
         self.counters.large_blocks -= 1;
         self.counters.large_bytes -= b.len;
+        self.recently_freed.record(b.base);
         if LargeCache::accepts(b.len) {
             let evicted = self.large_cache.insert(b);
             self.unmap_large_list(evicted);
@@ -507,6 +573,7 @@ impl Heap {
             return Resize::Failed;
         }
         self.map.remove(b.base as usize, GRANULE_SIZE);
+        self.recently_freed.record(b.base);
         self.counters.large_bytes += len - b.len;
         b.base = target;
         b.len = len;
@@ -567,5 +634,9 @@ impl Heap {
 
     pub fn is_spare(&self, arena: &Arena) -> bool {
         ptr::eq(self.spare, arena)
+    }
+
+    pub fn secret(&self) -> Secret {
+        self.secret
     }
 }

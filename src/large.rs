@@ -56,6 +56,19 @@ impl LargeCache {
         None
     }
 
+    /// Whether a cached mapping starts at `p`.
+    pub fn holds_base(&self, p: *mut u8) -> bool {
+        let mut cur = self.head;
+        // SAFETY: as in `take`.
+        while let Some(block) = unsafe { cur.as_ref() } {
+            if block.base == p {
+                return true;
+            }
+            cur = block.next;
+        }
+        false
+    }
+
     /// Whether a mapping of `len` bytes may be cached at all.
     pub fn accepts(len: usize) -> bool {
         len <= CACHE_MAX_BYTES / 4
@@ -115,4 +128,32 @@ impl LargeCache {
 /// Walks a list returned by `insert` or `drain`.
 pub fn next_in_list(block: &LargeBlock) -> *mut LargeBlock {
     block.next
+}
+
+/// The start addresses of the last large blocks freed (or moved away by
+/// `realloc`), so that freeing one again is reported as a double free
+/// even after its mapping went back to the OS. Only consulted for a
+/// pointer that starts no live block.
+pub struct RecentlyFreed {
+    bases: [*mut u8; RECENTLY_FREED],
+    next: usize,
+}
+
+const RECENTLY_FREED: usize = 32;
+
+impl RecentlyFreed {
+    pub const fn new() -> Self {
+        RecentlyFreed { bases: [ptr::null_mut(); RECENTLY_FREED], next: 0 }
+    }
+
+    pub fn record(&mut self, base: *mut u8) {
+        // The modulo (not a kept invariant) lets the compiler drop the
+        // bounds check, and with it a panic path.
+        self.bases[self.next % RECENTLY_FREED] = base;
+        self.next = self.next.wrapping_add(1);
+    }
+
+    pub fn contains(&self, p: *mut u8) -> bool {
+        !p.is_null() && self.bases.contains(&p)
+    }
 }

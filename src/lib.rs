@@ -69,6 +69,7 @@ mod debug;
 #[cfg_attr(test, allow(dead_code))] // installed by the constructor, absent in tests
 mod fork;
 mod geometry;
+mod hardening;
 mod heap;
 mod init;
 mod large;

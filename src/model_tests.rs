@@ -195,17 +195,85 @@ fn foreign_and_interior_pointers_are_rejected() {
         assert_eq!(heap.resize(inner, 10), Err(Fault::InvalidPointer));
         heap.free(p).unwrap();
     }
-    // A pointer into a pool that is now empty, and one past the carved part.
-    let p = heap.alloc(48).ptr;
-    let q = heap.alloc(48).ptr;
-    heap.free(p).unwrap();
-    heap.free(q).unwrap();
-    assert_eq!(heap.free(p), Err(Fault::InvalidPointer));
+    // A block beyond the carved part of its pool.
     let r = heap.alloc(48).ptr;
     // SAFETY: arithmetic only.
     assert_eq!(heap.free(unsafe { r.add(48 * 10) }), Err(Fault::InvalidPointer));
     heap.free(r).unwrap();
     heap.check().unwrap();
+}
+
+#[test]
+#[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+fn double_frees_are_detected() {
+    let freed = |class_size| Fault::Freed { class_size };
+    let mut heap = new_heap();
+    for n in [1, 48, 512, 1000, 100_000] {
+        let first = heap.alloc(n).ptr;
+        let class_size = heap.usable_size(first).unwrap();
+        // Keep the pool alive with neighbours, so the freed block is found
+        // by its key and the free-list walk.
+        let keep = heap.alloc(n).ptr;
+        let p = heap.alloc(n).ptr;
+        heap.free(p).unwrap();
+        assert_eq!(heap.free(p), Err(freed(class_size)), "double free of {n}");
+        assert_eq!(heap.resize(p, 10), Err(freed(class_size)));
+        assert_eq!(heap.usable_size(p), Err(freed(class_size)));
+        // The key alone is not trusted: a live block that holds it is freed.
+        let q = heap.alloc(n).ptr;
+        assert_eq!(q, p, "the freed block comes back first");
+        // SAFETY: q is live with at least 16 bytes.
+        unsafe { q.cast::<usize>().add(1).write(heap.secret().key()) };
+        heap.free(q).unwrap();
+        heap.free(keep).unwrap();
+        assert_eq!(heap.free(keep), Err(freed(class_size)));
+        heap.free(first).unwrap();
+    }
+    // A block whose pool is now empty (and whose arena is the spare).
+    let p = heap.alloc(48).ptr;
+    heap.free(p).unwrap();
+    assert_eq!(heap.free(p), Err(freed(48)));
+    // Large blocks: cached, then unmapped, then moved away by realloc.
+    let p = heap.alloc(1 << 20).ptr;
+    heap.free(p).unwrap();
+    assert_eq!(heap.free(p), Err(freed(0)));
+    // SAFETY: arithmetic only.
+    assert_eq!(heap.free(unsafe { p.add(4096) }), Err(Fault::InvalidPointer));
+    let big = heap.alloc(200 << 20).ptr;
+    heap.free(big).unwrap();
+    assert_eq!(heap.free(big), Err(freed(0)), "an uncached mapping");
+    let q = heap.alloc(300 << 10).ptr;
+    let blocker = heap.alloc(300 << 10).ptr;
+    if let Resize::Done(r) = heap.resize(q, 100 << 20).unwrap() {
+        if r != q {
+            assert_eq!(heap.free(q), Err(freed(0)), "moved away by realloc");
+        }
+        heap.free(r).unwrap();
+    }
+    heap.free(blocker).unwrap();
+    heap.check().unwrap();
+}
+
+#[test]
+#[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+fn corrupted_free_list_links_are_detected() {
+    for n in [16, 48, 512, 2000] {
+        let mut heap = new_heap();
+        let blocks: Vec<*mut u8> = (0..4).map(|_| heap.alloc(n).ptr).collect();
+        heap.free(blocks[1]).unwrap();
+        heap.free(blocks[2]).unwrap();
+        // A write after free overwrites the link of the list head.
+        // SAFETY: the block is mapped (freed, not returned to the OS).
+        unsafe { blocks[2].cast::<usize>().write(blocks[0] as usize) };
+        assert!(heap.check().is_err(), "the walk sees the bad link");
+        let class_size = heap.usable_size(blocks[0]).unwrap();
+        let corrupt = Fault::CorruptFreeList { at: blocks[2], class_size };
+        assert!(heap.alloc(n).ptr.is_null(), "malloc of {n}");
+        assert_eq!(heap.take_fault(), Some(corrupt));
+        assert_eq!(heap.take_fault(), None);
+        // A double-free check walking the list meets the bad link too.
+        assert_eq!(heap.free(blocks[1]), Err(corrupt));
+    }
 }
 
 #[test]

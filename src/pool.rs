@@ -20,6 +20,9 @@
 use core::ptr;
 
 use crate::arena::Arena;
+use crate::geometry::MIN_ALIGN;
+use crate::hardening::Secret;
+use crate::heap::Fault;
 use crate::size_class::{RECIP_SHIFT, class_info};
 
 /// The `class` of a pool that has never served a class since it was born
@@ -28,7 +31,7 @@ pub const NO_CLASS: u8 = u8::MAX;
 
 pub struct Pool {
     /// Head of the list of freed blocks, linked through each block's first
-    /// word; null when empty.
+    /// word (mangled, see `hardening`); null when empty.
     pub freeblock: *mut u8,
     /// Neighbours in `usedpools[class]` (used pools), or `nextpool` only in
     /// the arena's free-pool list (empty pools).
@@ -101,17 +104,27 @@ impl Pool {
     }
 
     /// Takes a block from a pool that is not full. Returns the block and
-    /// whether its bytes are known to be zero.
+    /// whether its bytes are known to be zero; None, changing nothing,
+    /// when the head of the free list holds a corrupted link.
     #[inline(always)]
-    pub fn alloc(&mut self) -> (*mut u8, bool) {
+    pub fn alloc(&mut self, secret: Secret) -> Option<(*mut u8, bool)> {
         debug_assert!(!self.is_full());
-        self.ref_count += 1;
         let block = self.freeblock;
         if !block.is_null() {
-            // SAFETY: a block on the free list is inside this pool and
-            // holds the next link in its first word (written by `free`).
-            self.freeblock = unsafe { block.cast::<*mut u8>().read() };
-            return (block, false);
+            // SAFETY: the head of the free list is a free block of this
+            // pool, holding its link in its first word (written by `free`).
+            let next = secret.demangle(block, unsafe { block.cast::<usize>().read() });
+            if !self.is_link(next) {
+                return None;
+            }
+            if !cfg!(feature = "unchecked") {
+                // SAFETY: every block has at least two words; this one is
+                // ours until returned. Clears the free-block key.
+                unsafe { block.cast::<usize>().add(1).write(0) };
+            }
+            self.freeblock = next;
+            self.ref_count += 1;
+            return Some((block, false));
         }
         let offset = self.nextoffset;
         self.nextoffset = offset + self.block_size;
@@ -119,35 +132,105 @@ impl Pool {
         if self.nextoffset > self.dirty_end {
             self.dirty_end = self.nextoffset;
         }
+        self.ref_count += 1;
         // SAFETY: offset <= maxnextoffset, so the block lies in the pool.
-        (unsafe { self.base.add(offset as usize) }, zeroed)
+        Some((unsafe { self.base.add(offset as usize) }, zeroed))
     }
 
-    /// Puts a block back on the free list.
+    /// Puts a block back on the free list, marked with the free-block key.
     ///
     /// # Safety
-    /// `block` must be a live block of this pool (see `owns_block`).
+    /// `block` must be a live block of this pool (see `is_carved_block`
+    /// and `is_free`).
     #[inline(always)]
-    pub unsafe fn free(&mut self, block: *mut u8) {
-        // SAFETY: the block is ours and dead; its first word becomes the link.
-        unsafe { block.cast::<*mut u8>().write(self.freeblock) };
+    pub unsafe fn free(&mut self, block: *mut u8, secret: Secret) {
+        // SAFETY: the block is ours and dead; its first two words become
+        // the link and the key.
+        unsafe {
+            block.cast::<usize>().write(secret.mangle(block, self.freeblock));
+            if !cfg!(feature = "unchecked") {
+                block.cast::<usize>().add(1).write(secret.key());
+            }
+        }
         self.freeblock = block;
         self.ref_count -= 1;
     }
 
-    /// True if `addr` is the first byte of a block this pool has handed
-    /// out (not an interior pointer, not beyond the carved part).
+    /// True if `addr` is the first byte of a block this pool has carved,
+    /// live or free (not an interior pointer, not beyond the carved part).
     #[inline(always)]
-    pub fn owns_block(&self, addr: usize) -> bool {
-        if self.ref_count == 0 {
-            return false;
-        }
+    pub fn is_carved_block(&self, addr: usize) -> bool {
         let offset = addr.wrapping_sub(self.base as usize);
         if offset >= self.nextoffset as usize {
             return false;
         }
         let index = (offset as u64 * class_info(self.class as usize).recip) >> RECIP_SHIFT;
         index * self.block_size as u64 == offset as u64
+    }
+
+    /// The cheap test of `free`: true if `addr` is a carved block of a pool
+    /// with live blocks, and does not carry the free-block key. False
+    /// proves nothing: the caller examines the pointer with
+    /// `is_carved_block` and `on_free_list`.
+    #[inline(always)]
+    pub fn is_live_block(&self, addr: *mut u8, secret: Secret) -> bool {
+        if self.ref_count == 0 || !self.is_carved_block(addr as usize) {
+            return false;
+        }
+        // SAFETY: a carved block of a pool with live blocks: mapped, and
+        // at least two words long.
+        cfg!(feature = "unchecked") || unsafe { addr.cast::<usize>().add(1).read() } != secret.key()
+    }
+
+    /// Whether `block` is on the free list; fails if the walk meets a
+    /// corrupted link.
+    #[cold]
+    pub fn on_free_list(&self, block: *mut u8, secret: Secret) -> Result<bool, Fault> {
+        let mut found = false;
+        self.walk_free_list(secret, |free| found |= free == block)?;
+        Ok(found)
+    }
+
+    /// Calls `f` on every block of the free list, checking every link
+    /// exactly (carved block boundary) and that the list has no cycle.
+    pub fn walk_free_list(&self, secret: Secret, mut f: impl FnMut(*mut u8)) -> Result<u32, Fault> {
+        let mut count = 0;
+        let mut cur = self.freeblock;
+        while !cur.is_null() {
+            f(cur);
+            count += 1;
+            // SAFETY: cur is the head or a link validated below: a carved
+            // block of this pool.
+            let next = secret.demangle(cur, unsafe { cur.cast::<usize>().read() });
+            let cycle = count > self.capacity();
+            if cycle || !(next.is_null() || self.is_carved_block(next as usize)) {
+                return Err(self.corrupt_link(cur));
+            }
+            cur = next;
+        }
+        Ok(count)
+    }
+
+    /// Whether a demangled link may be followed: the end of the list, or
+    /// an aligned address in the carved part of the pool. (The exact block
+    /// boundary is checked by `walk_free_list`; this is the cheap test of
+    /// every `malloc`.)
+    #[inline(always)]
+    fn is_link(&self, next: *mut u8) -> bool {
+        if cfg!(feature = "unchecked") {
+            return true;
+        }
+        let offset = (next as usize).wrapping_sub(self.base as usize);
+        // Rotating moves a misaligned offset's low bits to the top, so one
+        // comparison checks both (block sizes are multiples of MIN_ALIGN).
+        let shift = MIN_ALIGN.trailing_zeros();
+        next.is_null() || offset.rotate_right(shift) < (self.nextoffset >> shift) as usize
+    }
+
+    /// The fault of a corrupted link held by the free block `at`.
+    #[cold]
+    pub fn corrupt_link(&self, at: *mut u8) -> Fault {
+        Fault::CorruptFreeList { at, class_size: self.block_size as usize }
     }
 
     /// Blocks the pool can hold (0 before it serves a class).

@@ -1,0 +1,96 @@
+//! Heap misuse is stopped: each case of `tests/c/misuse.c` must abort
+//! (exit status 134, SIGABRT) after writing exactly the expected line on
+//! stderr, preloaded and linked.
+
+mod common;
+
+use common::{Config, clean_env, compile_c, library, run};
+use std::os::unix::process::{CommandExt, ExitStatusExt};
+use std::path::PathBuf;
+use std::process::Command;
+use std::sync::OnceLock;
+use std::time::Duration;
+
+const TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The program, compiled once per configuration for all the tests (which
+/// run in parallel threads).
+fn program(config: Config) -> &'static PathBuf {
+    static PRELOAD: OnceLock<PathBuf> = OnceLock::new();
+    static LINKED: OnceLock<PathBuf> = OnceLock::new();
+    let cell = if config == Config::Preload { &PRELOAD } else { &LINKED };
+    cell.get_or_init(|| compile_c("misuse", config))
+}
+
+/// Runs one case with the extra environment `env`; checks the abort and
+/// the message.
+fn run_case(case: &str, config: Config, env: &[(&str, &str)]) {
+    let exe = program(config);
+    let mut cmd = Command::new(exe);
+    clean_env(&mut cmd).arg(case).envs(env.iter().copied());
+    if config == Config::Preload {
+        cmd.env("LD_PRELOAD", library());
+    }
+    // SAFETY: setrlimit is async-signal-safe; no core dumps for expected aborts.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        });
+    }
+    let what = format!("misuse {case} ({config:?}, {env:?})");
+    let r = run(cmd, TIMEOUT, &what);
+    let expected = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("expect "))
+        .unwrap_or_else(|| panic!("{what}: no expected message on stdout\n{}\n{}", r.stdout, r.stderr));
+    assert_eq!(
+        r.status.signal(),
+        Some(libc::SIGABRT),
+        "{what}: expected abort (exit status 134), got {}\n--- stderr ---\n{}",
+        r.status_text(),
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim_end(), expected, "{what}: wrong message on stderr");
+}
+
+macro_rules! misuse_tests {
+    ($($name:ident => $case:literal;)*) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn preload() {
+                run_case($case, Config::Preload, &[]);
+            }
+            #[test]
+            fn linked() {
+                run_case($case, Config::Linked, &[]);
+            }
+        }
+    )*};
+}
+
+misuse_tests! {
+    double_free_small => "double-free-small";
+    double_free_medium => "double-free-medium";
+    double_free_large => "double-free-large";
+    double_free_large_unmapped => "double-free-large-unmapped";
+    double_free_last_in_pool => "double-free-last-in-pool";
+    double_free_after_realloc => "double-free-after-realloc";
+    free_stack => "free-stack";
+    free_data_segment => "free-data-segment";
+    free_interior => "free-interior";
+    free_interior_large => "free-interior-large";
+    free_never_handed_out => "free-never-handed-out";
+    free_into_freed_large => "free-into-freed-large";
+    realloc_stack => "realloc-stack";
+    realloc_interior => "realloc-interior";
+    realloc_freed => "realloc-freed";
+    realloc_freed_large => "realloc-freed-large";
+    usable_size_stack => "usable-size-stack";
+    usable_size_freed => "usable-size-freed";
+    corrupt_free_list => "corrupt-free-list";
+    corrupt_free_list_zeroed => "corrupt-free-list-zeroed";
+}
