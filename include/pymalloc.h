@@ -48,6 +48,19 @@ extern "C" {
 #endif // __cplusplus
 
 /**
+ * C23 sized deallocation: `free` of a block allocated for `size` bytes
+ * (by `malloc`, `calloc` or `realloc`). A size the block cannot have been
+ * allocated for is reported like an invalid pointer. Declared in the
+ * header, as glibc's <stdlib.h> may lack it.
+ */
+void free_sized(void *ptr, size_t size);
+
+/**
+ * C23: `free` of a block from `aligned_alloc(alignment, size)`.
+ */
+void free_aligned_sized(void *ptr, size_t alignment, size_t size);
+
+/**
  * Walks the whole heap checking its invariants: 0 if it is consistent;
  * otherwise prints the first broken invariant on stderr and returns -1.
  */

@@ -180,6 +180,31 @@ pub extern "C" fn free(p: *mut c_void) {
     release(p, "free")
 }
 
+/// C23 sized deallocation: `free` of a block allocated for `size` bytes
+/// (by `malloc`, `calloc` or `realloc`). A size the block cannot have been
+/// allocated for is reported like an invalid pointer. Declared in the
+/// header, as glibc's <stdlib.h> may lack it.
+#[unsafe(no_mangle)]
+pub extern "C" fn free_sized(ptr: *mut c_void, size: usize) {
+    release_sized(ptr, size, 1, "free_sized");
+}
+
+/// C23: `free` of a block from `aligned_alloc(alignment, size)`.
+#[unsafe(no_mangle)]
+pub extern "C" fn free_aligned_sized(ptr: *mut c_void, alignment: usize, size: usize) {
+    release_sized(ptr, size, alignment, "free_aligned_sized");
+}
+
+fn release_sized(p: *mut c_void, size: usize, align: usize, function: &str) {
+    if p.is_null() {
+        return;
+    }
+    let result = HEAP.lock().free_sized(p.cast(), size, align);
+    if let Err(fault) = result {
+        fatal(function, fault, p.cast());
+    }
+}
+
 /// Old name of `free`, still exported by glibc.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn cfree(p: *mut c_void) {

@@ -32,6 +32,9 @@ pub fn fatal(function: &str, fault: Fault, addr: *const u8) -> ! {
                 write!(out, "corrupted free list: link in free block {at:p} overwritten, ")
                     .and_then(|()| write_class(&mut out, class_size))
             }
+            Fault::WrongSize { size, class_size } => write!(out, "wrong size {size} for block {addr:p}, ")
+                .and_then(|()| write_class(&mut out, class_size)),
+            Fault::WrongAlignment { align } => write!(out, "wrong alignment {align} for block {addr:p}"),
         };
         let _ = out.write_str("\n");
     }

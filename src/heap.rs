@@ -50,6 +50,12 @@ pub enum Fault {
     Freed { class_size: usize },
     /// The free-list link held by the free block `at` was overwritten.
     CorruptFreeList { at: *mut u8, class_size: usize },
+    /// A size passed to `free_sized` that the block (of `class_size`
+    /// bytes, 0 for a large block) cannot have been allocated for.
+    WrongSize { size: usize, class_size: usize },
+    /// An alignment passed to `free_aligned_sized` that the block does
+    /// not have, or that is not a power of two.
+    WrongAlignment { align: usize },
 }
 
 /// Where a live block lives.
@@ -226,6 +232,47 @@ impl Heap {
     pub fn free(&mut self, p: *mut u8) -> Result<(), Fault> {
         match self.find(p)? {
             // SAFETY: `find` returns live records.
+            Found::Pool(pool) => self.free_block(unsafe { &mut *pool }, p),
+            Found::Large(block) => self.free_large(block),
+        }
+        Ok(())
+    }
+
+    /// Frees the block at `p` (not null), which the caller says was
+    /// allocated for `size` bytes aligned to `align` (C23's `free_sized`
+    /// with `align` 1, `free_aligned_sized`). Any size from the original
+    /// request up to the usable size is accepted, as is one a `realloc`
+    /// could have left the block at; a size that would have been served
+    /// by a smaller class, or a bigger one, is a fault.
+    pub fn free_sized(&mut self, p: *mut u8, size: usize, align: usize) -> Result<(), Fault> {
+        let found = self.find(p)?;
+        if !align.is_power_of_two() || p as usize % align != 0 {
+            return Err(Fault::WrongAlignment { align });
+        }
+        // SAFETY: `find` returns live records.
+        let (fits, class_size) = unsafe {
+            match found {
+                Found::Pool(pool) => {
+                    let (class, usable) = ((*pool).class as usize, (*pool).block_size as usize);
+                    // The class an allocation of `size` gets; or a shrinking
+                    // realloc that stayed in place (see `resize`).
+                    let allocated = class_for_aligned(size, align) == Some(class);
+                    let kept = align <= MIN_ALIGN && 4 * size > 3 * usable;
+                    (size <= usable && (allocated || kept), usable)
+                }
+                Found::Large(block) => {
+                    // A mapping from the cache may be a quarter bigger than
+                    // asked, a realloc may keep one twice as big.
+                    let usable = (*block).len;
+                    (size <= usable && 2 * os::page_round_up(size.max(GRANULE_SIZE)) >= usable, 0)
+                }
+            }
+        };
+        if !fits {
+            return Err(Fault::WrongSize { size, class_size });
+        }
+        match found {
+            // SAFETY: as above.
             Found::Pool(pool) => self.free_block(unsafe { &mut *pool }, p),
             Found::Large(block) => self.free_large(block),
         }

@@ -277,6 +277,30 @@ fn corrupted_free_list_links_are_detected() {
 }
 
 #[test]
+fn free_sized_accepts_the_request_up_to_the_usable_size() {
+    let mut heap = new_heap();
+    let mut rng = Rng(7);
+    for _ in 0..5_000 {
+        let n = rng.size();
+        let align = 1usize << rng.below(14);
+        let p = heap.alloc_aligned(align, n).ptr;
+        let usable = heap.usable_size(p).unwrap();
+        let size = n + rng.below((usable - n) as u64 + 1) as usize;
+        if rng.below(4) == 0 {
+            let class_size = if n > MEDIUM_MAX { 0 } else { usable };
+            let wrong = Err(Fault::WrongSize { size: usable + 1, class_size });
+            assert_eq!(heap.free_sized(p, usable + 1, align), wrong);
+        }
+        heap.free_sized(p, size, align).unwrap_or_else(|f| panic!("{n} aligned {align} freed as {size}: {f:?}"));
+    }
+    let p = heap.alloc(100).ptr;
+    assert_eq!(heap.free_sized(p, 100, 3), Err(Fault::WrongAlignment { align: 3 }));
+    assert_eq!(heap.free_sized(p, 10, 1), Err(Fault::WrongSize { size: 10, class_size: 112 }));
+    heap.free_sized(p, 100, 1).unwrap();
+    heap.check().unwrap();
+}
+
+#[test]
 fn zeroed_means_zero_and_recycled_means_not() {
     for n in [1, 48, 512, 1000, 20_000, MEDIUM_MAX, MEDIUM_MAX + 1, 3 << 20] {
         let mut heap = new_heap();

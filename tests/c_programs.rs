@@ -56,6 +56,7 @@ c_tests! {
     no_overlap_preload, no_overlap_linked => "no_overlap";
     threads_basic_preload, threads_basic_linked => "threads_basic";
     oom_rlimit_preload, oom_rlimit_linked => "oom_rlimit";
+    sized_free_preload, sized_free_linked => "sized_free";
 }
 
 /// The generated header: only meaningful when compiling against it.

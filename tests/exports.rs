@@ -10,7 +10,8 @@ use std::process::Command;
 
 const EXPORTED: &[&str] = &[
     "malloc", "free", "calloc", "realloc", "reallocarray", "posix_memalign", "aligned_alloc",
-    "memalign", "valloc", "pvalloc", "malloc_usable_size", "cfree", "__libc_malloc",
+    "memalign", "valloc", "pvalloc", "malloc_usable_size", "cfree", "free_sized",
+    "free_aligned_sized", "__libc_malloc",
     "__libc_calloc", "__libc_realloc", "__libc_free", "__libc_memalign", "__libc_valloc",
     "__libc_pvalloc", "__posix_memalign", "mallopt", "malloc_trim", "mallinfo", "mallinfo2",
     "malloc_stats", "malloc_info", "pymalloc_version", "pymalloc_check_heap", "pymalloc_print_stats",

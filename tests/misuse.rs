@@ -93,4 +93,12 @@ misuse_tests! {
     usable_size_freed => "usable-size-freed";
     corrupt_free_list => "corrupt-free-list";
     corrupt_free_list_zeroed => "corrupt-free-list-zeroed";
+    free_sized_too_big => "free-sized-too-big";
+    free_sized_smaller_class => "free-sized-smaller-class";
+    free_sized_large => "free-sized-large";
+    free_sized_double => "free-sized-double";
+    free_sized_stack => "free-sized-stack";
+    free_aligned_sized_not_power_of_two => "free-aligned-sized-not-power-of-two";
+    free_aligned_sized_misaligned => "free-aligned-sized-misaligned";
+    free_aligned_sized_wrong_size => "free-aligned-sized-wrong-size";
 }

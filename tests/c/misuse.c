@@ -148,6 +148,42 @@ int main(int argc, char **argv) {
         expect("calloc(): corrupted free list: link in free block %p overwritten, size class 400",
                (void *)a);
         v = calloc(1, opaque(400));
+    } else if (!strcmp(c, "free-sized-too-big")) {
+        void *p = malloc(opaque(48));
+        expect("free_sized(): wrong size 64 for block %p, size class 48", p);
+        free_sized(p, opaque(64));
+    } else if (!strcmp(c, "free-sized-smaller-class")) {
+        void *p = malloc(opaque(100));
+        expect("free_sized(): wrong size 48 for block %p, size class 112", p);
+        free_sized(p, opaque(48));
+    } else if (!strcmp(c, "free-sized-large")) {
+        void *p = malloc(opaque(1 << 20));
+        expect("free_sized(): wrong size 1000 for block %p, large block", p);
+        free_sized(p, opaque(1000));
+    } else if (!strcmp(c, "free-sized-double")) {
+        void *p = block_with_neighbour(48);
+        free(p);
+        expect("free_sized(): double free of %p, size class 48", p);
+        free_sized(p, opaque(48));
+    } else if (!strcmp(c, "free-sized-stack")) {
+        int local;
+        v = &local;
+        expect("free_sized(): invalid pointer %p", v);
+        free_sized(v, sizeof local);
+    } else if (!strcmp(c, "free-aligned-sized-not-power-of-two")) {
+        void *p = aligned_alloc(opaque(64), opaque(100));
+        expect("free_aligned_sized(): wrong alignment 48 for block %p", p);
+        free_aligned_sized(p, opaque(48), opaque(100));
+    } else if (!strcmp(c, "free-aligned-sized-misaligned")) {
+        uintptr_t p;
+        do p = (uintptr_t)malloc(opaque(48)); /* until one is not 32-aligned */
+        while (p % 32 == 0);
+        expect("free_aligned_sized(): wrong alignment 32 for block %p", (void *)p);
+        free_aligned_sized((void *)p, opaque(32), opaque(48));
+    } else if (!strcmp(c, "free-aligned-sized-wrong-size")) {
+        void *p = aligned_alloc(opaque(64), opaque(100)); /* class 128 */
+        expect("free_aligned_sized(): wrong size 20 for block %p, size class 128", p);
+        free_aligned_sized(p, opaque(64), opaque(20));
     } else {
         CHECK(0, "unknown case %s", c);
     }
