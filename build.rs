@@ -6,6 +6,23 @@ use std::env;
 use std::fmt::Write;
 use std::path::PathBuf;
 
+/// Gives the library its soname, `libpymalloc.so.MAJOR`, so that programs
+/// linked with `-lpymalloc` record the name `scripts/install` installs;
+/// and makes that name a link to the library in the build's own output
+/// directory, so they also run against the build tree (rpath).
+fn link_with_soname() {
+    let soname = format!("libpymalloc.so.{}", env::var("CARGO_PKG_VERSION_MAJOR").unwrap());
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+    // OUT_DIR is target/<profile>/build/pymalloc-<hash>/out.
+    let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
+    if let Some(profile_dir) = out_dir.ancestors().nth(3) {
+        let link = profile_dir.join(&soname);
+        if std::fs::read_link(&link).is_err() {
+            let _ = std::os::unix::fs::symlink("libpymalloc.so", &link);
+        }
+    }
+}
+
 /// The counters' names and labels, from the list the crate uses too.
 macro_rules! stats_fields {
     ($( $name:ident : $label:literal, )*) => {
@@ -44,6 +61,7 @@ fn main() {
     if env::var_os("PYMALLOC_BLESS_HEADER").is_some() {
         std::fs::copy(&out, crate_dir.join("include/pymalloc.h")).expect("writing include/pymalloc.h");
     }
+    link_with_soname();
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=PYMALLOC_BLESS_HEADER");

@@ -72,6 +72,17 @@ int pymalloc_check_heap(void);
 void pymalloc_print_stats(void);
 
 /**
+ * Writes the statistics report to file descriptor `fd`: `format` is
+ * "text" (as `pymalloc_print_stats`) or "json" (the same numbers and
+ * every arena's pools, as `scripts/heapmap` reads). Returns 0, or -1 for
+ * an unknown format.
+ *
+ * # Safety
+ * `format` must be NULL or a NUL-terminated string.
+ */
+int pymalloc_write_stats(int fd, const char *format);
+
+/**
  * Fills `*stats` with the heap's totals. Set `stats->size = sizeof
  * *stats` first: only that many bytes are written (so a program built
  * against an older, shorter struct keeps working), and `size` is set to

@@ -406,6 +406,27 @@ pub extern "C" fn pymalloc_print_stats() {
     report::print_text(2);
 }
 
+/// Writes the statistics report to file descriptor `fd`: `format` is
+/// "text" (as `pymalloc_print_stats`) or "json" (the same numbers and
+/// every arena's pools, as `scripts/heapmap` reads). Returns 0, or -1 for
+/// an unknown format.
+///
+/// # Safety
+/// `format` must be NULL or a NUL-terminated string.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn pymalloc_write_stats(fd: c_int, format: *const c_char) -> c_int {
+    if format.is_null() {
+        return -1;
+    }
+    // SAFETY: the caller passes a NUL-terminated string.
+    match unsafe { core::ffi::CStr::from_ptr(format) }.to_bytes() {
+        b"text" => report::print_text(fd),
+        b"json" => report::print_json(fd),
+        _ => return -1,
+    }
+    0
+}
+
 /// The C `struct pymalloc_stats`: `size`, then the totals. Its C
 /// declaration is written by build.rs from the same field list.
 #[allow(non_camel_case_types)]

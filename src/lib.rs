@@ -54,7 +54,9 @@
 //! signal handlers, `pthread_atfork`) runs after the lock is released.
 //! `fork` takes the lock in its prepare handler (`fork`). The heap is a
 //! `const` static, so the first `malloc`, which can come before any
-//! constructor, needs no initialisation (`init`).
+//! constructor, needs no initialisation (`init`); it only resolves the
+//! `PYMALLOC_*` options, before taking the lock (`config`). Statistics
+//! are copied under the lock and printed after it (`stats`, `report`).
 //!
 //! The crate is `no_std` outside tests and allocates nothing of its own.
 
@@ -82,7 +84,10 @@ mod size_class;
 mod slab;
 mod stats;
 
-pub use abi::{pymalloc_check_heap, pymalloc_get_stats, pymalloc_print_stats, pymalloc_stats, pymalloc_version};
+pub use abi::{
+    pymalloc_check_heap, pymalloc_get_stats, pymalloc_print_stats, pymalloc_stats, pymalloc_version,
+    pymalloc_write_stats,
+};
 
 #[cfg(test)]
 mod model_tests;

@@ -15,7 +15,7 @@ const EXPORTED: &[&str] = &[
     "__libc_calloc", "__libc_realloc", "__libc_free", "__libc_memalign", "__libc_valloc",
     "__libc_pvalloc", "__posix_memalign", "mallopt", "malloc_trim", "mallinfo", "mallinfo2",
     "malloc_stats", "malloc_info", "pymalloc_version", "pymalloc_check_heap", "pymalloc_print_stats",
-    "pymalloc_get_stats",
+    "pymalloc_get_stats", "pymalloc_write_stats",
 ];
 
 /// Code that must not run inside the allocator.

@@ -168,3 +168,23 @@ fn exit_reports_through_fork_and_threads() {
         }
     }
 }
+
+/// A heap written mid-run by `pymalloc_write_stats` (through ctypes), and
+/// drawn by `scripts/heapmap`.
+#[test]
+fn heapmap_draws_a_json_report() {
+    let dir = fresh_dir("heapmap");
+    let (json, png) = (dir.join("stats.json"), dir.join("heap.png"));
+    let py = python_executable().expect("python3");
+    let mut cmd = command(&py, true, &[]);
+    cmd.arg(common::repo_root().join("scripts/bench/heapdemo.py")).arg(&json);
+    run(cmd, TIMEOUT, "heapdemo.py").assert_success("heapdemo.py");
+    check_json(&[&json]);
+
+    let mut cmd = command(&py, false, &[]);
+    cmd.arg(common::repo_root().join("scripts/heapmap")).arg(&json).arg("-o").arg(&png);
+    run(cmd, TIMEOUT, "scripts/heapmap").assert_success("scripts/heapmap (needs matplotlib: pip install matplotlib)");
+    let bytes = std::fs::read(&png).unwrap();
+    assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000, "not a picture: {} bytes", bytes.len());
+    std::fs::remove_dir_all(dir).unwrap();
+}

@@ -374,6 +374,8 @@ pub fn check_binding(mut cmd: Command, lib: &Path, required_from: &[&str], what:
         Duration::from_secs(120),
         &format!("{what} (LD_DEBUG=bindings probe)"),
     );
+    // A linked program loads the library by its soname, a link to it.
+    let is_lib = |to: &str| Path::new(to).canonicalize().is_ok_and(|p| p == lib);
     let lib = lib.to_string_lossy();
     let bindings: Vec<(Binding, &str)> = r
         .stderr
@@ -384,12 +386,12 @@ pub fn check_binding(mut cmd: Command, lib: &Path, required_from: &[&str], what:
     // (pid, file, symbol) whose own reference binds to the library.
     let to_lib: std::collections::HashSet<(&str, &str, &str)> = bindings
         .iter()
-        .filter(|(b, _)| b.to == lib)
+        .filter(|(b, _)| is_lib(b.to))
         .map(|(b, _)| (b.pid, b.from, b.symbol))
         .collect();
     let ours: Vec<&str> = bindings
         .iter()
-        .filter(|(b, _)| b.to == lib && b.symbol == "malloc")
+        .filter(|(b, _)| is_lib(b.to) && b.symbol == "malloc")
         .map(|(b, _)| b.from)
         .collect();
     // A binding to another file is fine only when that file is a non-PIE
@@ -397,7 +399,7 @@ pub fn check_binding(mut cmd: Command, lib: &Path, required_from: &[&str], what:
     // file's own reference must bind to the library.
     let foreign: Vec<&str> = bindings
         .iter()
-        .filter(|(b, _)| b.to != lib && !to_lib.contains(&(b.pid, b.to, b.symbol)))
+        .filter(|(b, _)| !is_lib(b.to) && !to_lib.contains(&(b.pid, b.to, b.symbol)))
         .map(|(_, l)| *l)
         .collect();
     let preload_errors: Vec<&str> = r
