@@ -45,7 +45,7 @@ impl fmt::Display for Grouped {
 
 pub fn write_text(s: &Snapshot, out: &mut impl Write) -> fmt::Result {
     let t = &s.totals;
-    writeln!(out, "pymalloc {} statistics (pid {})", env!("CARGO_PKG_VERSION"), std_pid())?;
+    writeln!(out, "pymalloc {} statistics (pid {})", env!("CARGO_PKG_VERSION"), process_id())?;
     writeln!(
         out,
         "Small block threshold = {SMALL_MAX}, in {SMALL_CLASSES} size classes; \
@@ -71,7 +71,7 @@ pub fn write_text(s: &Snapshot, out: &mut impl Write) -> fmt::Result {
 }
 
 pub fn write_json(s: &Snapshot, arenas: &[ArenaDetail], truncated: bool, out: &mut impl Write) -> fmt::Result {
-    writeln!(out, "{{\"pymalloc\": \"{}\", \"pid\": {},", env!("CARGO_PKG_VERSION"), std_pid())?;
+    writeln!(out, "{{\"pymalloc\": \"{}\", \"pid\": {},", env!("CARGO_PKG_VERSION"), process_id())?;
     writeln!(
         out,
         " \"geometry\": {{\"arena_size\": {ARENA_SIZE}, \"page_size\": {PAGE_SIZE}, \
@@ -121,7 +121,7 @@ pub fn write_json(s: &Snapshot, arenas: &[ArenaDetail], truncated: bool, out: &m
     writeln!(out, " \"arenas_truncated\": {truncated}}}")
 }
 
-fn std_pid() -> i32 {
+fn process_id() -> i32 {
     // SAFETY: getpid has no preconditions.
     unsafe { libc::getpid() }
 }
@@ -209,7 +209,7 @@ fn open_stats_file(path: &config::Path) -> i32 {
             push(rest.get(..at).unwrap_or_default());
             let mut digits = [0u8; 12];
             let mut d = digits.len();
-            let mut pid = std_pid().unsigned_abs();
+            let mut pid = process_id().unsigned_abs();
             loop {
                 d -= 1;
                 digits[d] = b'0' + (pid % 10) as u8;
