@@ -52,14 +52,14 @@ pub enum ShowStats {
 /// may later free) into static memory.
 #[derive(Clone, Copy)]
 pub struct Path {
-    bytes: [u8; PATH_MAX],
+    bytes: [u8; PATH_CAPACITY],
     len: usize,
 }
 
-const PATH_MAX: usize = 256;
+const PATH_CAPACITY: usize = 256;
 
 impl Path {
-    pub const NONE: Path = Path { bytes: [0; PATH_MAX], len: 0 };
+    pub const NONE: Path = Path { bytes: [0; PATH_CAPACITY], len: 0 };
 
     pub fn as_bytes(&self) -> &[u8] {
         self.bytes.get(..self.len).unwrap_or_default()
@@ -155,14 +155,19 @@ impl Value for Path {
         path.bytes.get_mut(..text.len())?.copy_from_slice(text);
         path.len = text.len();
         // The last byte stays NUL, so the name can be passed to open(2).
-        (text.len() < PATH_MAX).then_some(path)
+        (text.len() < PATH_CAPACITY).then_some(path)
     }
     fn show(&self, out: &mut impl Write) -> fmt::Result {
-        for &b in self.as_bytes() {
-            out.write_char(if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' })?;
-        }
-        Ok(())
+        write_printable(self.as_bytes(), out)
     }
+}
+
+/// Writes `bytes` with anything but printable ASCII shown as `?`.
+fn write_printable(bytes: &[u8], out: &mut impl Write) -> fmt::Result {
+    for &b in bytes {
+        out.write_char(if b.is_ascii_graphic() || b == b' ' { b as char } else { '?' })?;
+    }
+    Ok(())
 }
 
 /// Defines `Options` (one field per option), its defaults, the table of
@@ -294,9 +299,7 @@ fn apply(options: &mut Options, entry: &[u8]) {
     if let Some(Err(expected)) = options.set(name, value.trim_ascii()) {
         let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
         let _ = out.write_str("pymalloc: ignoring ");
-        let _ = Path::parse(entry.get(..entry.len().min(PATH_MAX - 1)).unwrap_or_default())
-            .unwrap_or(Path::NONE)
-            .show(&mut out);
+        let _ = write_printable(entry, &mut out);
         let _ = writeln!(out, ": expected {expected}");
     }
 }
@@ -391,8 +394,8 @@ mod tests {
     fn paths_are_copied_and_bounded() {
         let p = Path::parse(b"/tmp/stats.json").unwrap();
         assert_eq!(p.as_bytes(), b"/tmp/stats.json");
-        assert!(Path::parse(&[b'a'; PATH_MAX]).is_none());
-        assert!(Path::parse(&[b'a'; PATH_MAX - 1]).is_some());
+        assert!(Path::parse(&[b'a'; PATH_CAPACITY]).is_none());
+        assert!(Path::parse(&[b'a'; PATH_CAPACITY - 1]).is_some());
     }
 
     #[test]

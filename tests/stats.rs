@@ -188,3 +188,16 @@ fn heapmap_draws_a_json_report() {
     assert!(bytes.starts_with(b"\x89PNG\r\n\x1a\n") && bytes.len() > 20_000, "not a picture: {} bytes", bytes.len());
     std::fs::remove_dir_all(dir).unwrap();
 }
+
+/// A stats file that cannot be created: one line says so, and the report
+/// goes to stderr instead.
+#[test]
+fn unwritable_stats_file_falls_back_to_stderr() {
+    let exe = compile_c("stats_exit", Config::Preload);
+    let vars = [("PYMALLOC_SHOW_STATS", "text"), ("PYMALLOC_STATS_FILE", "/nonexistent-dir/stats")];
+    let r = run(command(&exe, true, &vars), TIMEOUT, "stats_exit");
+    r.assert_success("stats_exit");
+    let warning = "pymalloc: cannot open PYMALLOC_STATS_FILE, statistics go to stderr\n";
+    assert_eq!(r.stderr.matches(warning).count(), 2, "parent and child each warn once:\n{}", r.stderr);
+    assert_eq!(r.stderr.matches("\nclass   size   num pools").count(), 2, "{}", r.stderr);
+}
