@@ -177,7 +177,7 @@ fn heapmap_draws_a_json_report() {
     let (json, png) = (dir.join("stats.json"), dir.join("heap.png"));
     let py = python_executable().expect("python3");
     let mut cmd = command(&py, true, &[]);
-    cmd.arg(common::repo_root().join("scripts/bench/heapdemo.py")).arg(&json);
+    cmd.arg(common::repo_root().join("scripts/bench.d/heapdemo.py")).arg(&json);
     run(cmd, TIMEOUT, "heapdemo.py").assert_success("heapdemo.py");
     check_json(&[&json]);
 

@@ -3,7 +3,7 @@ freed at random, then the allocator's JSON statistics written to argv[1].
 Run under the allocator:
 
     PYTHONMALLOC=malloc LD_PRELOAD=target/release/libpymalloc.so \
-        python3 scripts/bench/heapdemo.py stats.json
+        python3 scripts/bench.d/heapdemo.py stats.json
 """
 import ctypes
 import os
