@@ -30,7 +30,7 @@ typedef struct pymalloc_stats {
     size_t pools_in_use; /* pools in use */
     size_t free_pool_bytes; /* bytes in unused pools */
     size_t quantization_bytes; /* bytes lost to quantization */
-    size_t spare_bytes; /* bytes in the spare arena */
+    size_t free_arena_bytes; /* bytes in free arenas */
     size_t large_blocks; /* large blocks in use */
     size_t large_bytes; /* bytes in large blocks */
     size_t cached_mappings; /* cached large mappings */

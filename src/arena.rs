@@ -35,6 +35,10 @@ pub struct Arena {
     /// Neighbours in the list of every arena the heap holds.
     pub next_all: *mut Arena,
     pub prev_all: *mut Arena,
+    /// Entirely free and waiting for reuse in the heap's `free_arenas`
+    /// (linked through `nextarena`/`prevarena`), since `freed_at` (ms).
+    pub retired: bool,
+    pub freed_at: u64,
     pub pools: [Pool; MAX_POOLS_PER_ARENA],
 }
 

@@ -79,7 +79,7 @@ impl Heap {
                 return Err("arena map does not name the arena");
             }
         }
-        if self.is_spare(arena) {
+        if arena.retired {
             return Ok(());
         }
         if arena.next_unused > arena.ntotalpools || arena.nfreepools > arena.ntotalpools {

@@ -18,6 +18,7 @@ use crate::large::{self, LargeBlock, LargeCache, RecentlyFreed};
 use crate::lock::FutexMutex;
 use crate::os;
 use crate::pool::Pool;
+use crate::purge::{self, DECAY_MS, DirtyPools, FreeArenas, TICK_FREES};
 use crate::size_class::{NUM_CLASSES, class_for_aligned, class_info, class_of};
 use crate::slab::Slab;
 use crate::stats::Counters;
@@ -84,10 +85,11 @@ pub struct Heap {
     /// Mangles free-list links; drawn when the first arena is mapped.
     secret: Secret,
     tiers: [Tier; TIER_COUNT],
-    /// One entirely free arena kept mapped, so that a program hovering at
-    /// an arena boundary does not map and unmap one on every call.
-    spare: *mut Arena,
-    /// Every arena, the spare included.
+    /// Entirely free arenas kept for reuse until they decay (`purge`).
+    free_arenas: FreeArenas,
+    /// Empty pools of live arenas still holding their pages.
+    dirty_pools: DirtyPools,
+    /// Every arena, free ones included.
     all_arenas: *mut Arena,
     /// Set when an allocation found a free list corrupted.
     fault: Option<Fault>,
@@ -98,6 +100,10 @@ pub struct Heap {
     /// Large blocks freed lately, to tell a double free from a wild pointer.
     recently_freed: RecentlyFreed,
     map: ArenaMap,
+    /// The clock (ms) at the last tick: the time stamp of what is freed.
+    clock: u64,
+    /// Calls to `free` left until the next tick.
+    free_ticks: u32,
 }
 
 // SAFETY: the raw pointers refer to memory owned by the heap alone, which
@@ -109,7 +115,8 @@ impl Heap {
         Heap {
             usedpools: [ptr::null_mut(); NUM_CLASSES],
             tiers: [const { Tier::new() }; TIER_COUNT],
-            spare: ptr::null_mut(),
+            free_arenas: FreeArenas::new(),
+            dirty_pools: DirtyPools::new(),
             all_arenas: ptr::null_mut(),
             map: ArenaMap::new(),
             arena_records: Slab::new(),
@@ -119,6 +126,8 @@ impl Heap {
             secret: Secret::UNSET,
             fault: None,
             counters: Counters::ZERO,
+            clock: 0,
+            free_ticks: TICK_FREES,
         }
     }
 
@@ -235,7 +244,17 @@ impl Heap {
             Found::Pool(pool) => self.free_block(unsafe { &mut *pool }, p),
             Found::Large(block) => self.free_large(block),
         }
+        self.count_free();
         Ok(())
+    }
+
+    /// Counts a call to `free`: every `TICK_FREES` of them, the clock.
+    #[inline(always)]
+    fn count_free(&mut self) {
+        self.free_ticks -= 1;
+        if self.free_ticks == 0 {
+            self.tick();
+        }
     }
 
     /// Frees the block at `p` (not null), which the caller says was
@@ -261,8 +280,8 @@ impl Heap {
                     (size <= usable && (allocated || kept), usable)
                 }
                 Found::Large(block) => {
-                    // A mapping from the cache may be a quarter bigger than
-                    // asked, a realloc may keep one twice as big.
+                    // A mapping from the cache, or one a realloc kept,
+                    // may be up to twice as big as asked.
                     let usable = (*block).len;
                     (size <= usable && 2 * os::page_round_up(size.max(GRANULE_SIZE)) >= usable, 0)
                 }
@@ -276,7 +295,44 @@ impl Heap {
             Found::Pool(pool) => self.free_block(unsafe { &mut *pool }, p),
             Found::Large(block) => self.free_large(block),
         }
+        self.count_free();
         Ok(())
+    }
+
+    /// Reads the clock and gives back what has stayed unused for
+    /// `DECAY_MS` (see `purge`).
+    #[cold]
+    #[inline(never)]
+    fn tick(&mut self) {
+        self.free_ticks = TICK_FREES;
+        self.clock = purge::now_ms();
+        self.purge(self.clock.saturating_sub(DECAY_MS));
+    }
+
+    /// Gives back to the OS the empty pools, free arenas and cached
+    /// mappings freed at or before `cutoff` (ms); true if there were any.
+    pub fn purge(&mut self, cutoff: u64) -> bool {
+        let mut released = false;
+        while let Some(pool) = self.dirty_pools.pop_older(cutoff) {
+            // SAFETY: listed pools are empty pools of live arenas.
+            unsafe {
+                let pool = &mut *pool;
+                os::decommit(pool.base, (*pool.arena).pool_size());
+                pool.decommitted();
+            }
+            released = true;
+        }
+        while let Some(arena) = self.free_arenas.pop_older(cutoff) {
+            // SAFETY: free arenas are live descriptors in no other list.
+            let arena = unsafe { &mut *arena };
+            self.forget_pools(arena);
+            self.unmap_arena(arena);
+            released = true;
+        }
+        let evicted = self.large_cache.evict_older(cutoff);
+        released |= !evicted.is_null();
+        self.unmap_large_list(evicted);
+        released
     }
 
     /// Bytes usable at `p` (not null).
@@ -382,6 +438,7 @@ impl Heap {
         };
         // SAFETY: take_pool returns a live, empty pool of a live arena.
         let pool = unsafe { &mut *pool };
+        self.dirty_pools.remove(pool);
         // SAFETY: as above.
         let pool_size = unsafe { (*pool.arena).pool_size() };
         pool.init(class, pool_size);
@@ -394,6 +451,9 @@ impl Heap {
         if !was_full {
             self.unlink_used(pool);
         }
+        if pool.dirty_end != 0 {
+            self.dirty_pools.push(pool, self.clock);
+        }
         // SAFETY: a pool's arena outlives it.
         let arena = unsafe { &mut *pool.arena };
         if self.tier_mut(arena.tier as usize).return_pool(arena, pool) {
@@ -401,25 +461,52 @@ impl Heap {
         }
     }
 
-    /// Adds a wholly free arena to `tier`: the spare, or a new mapping.
+    /// Adds a wholly free arena to `tier`: the most recently freed one of
+    /// that tier as it is (its empty pools keep their class and pages),
+    /// else a free arena of another tier, decommitted and cut anew, else a
+    /// new mapping.
     fn add_arena(&mut self, tier: usize) -> bool {
-        let arena = if !self.spare.is_null() {
-            core::mem::replace(&mut self.spare, ptr::null_mut())
-        } else {
-            let arena = self.map_arena();
-            if arena.is_null() {
-                return false;
+        if let Some(arena) = self.free_arenas.pop_newest(|a| a.tier as usize == tier) {
+            // SAFETY: free arenas are live and in no tier.
+            self.tier_mut(tier).add_free_arena(unsafe { &mut *arena });
+            return true;
+        }
+        let arena = match self.free_arenas.pop_newest(|_| true) {
+            Some(arena) => {
+                // SAFETY: as above.
+                let a = unsafe { &mut *arena };
+                self.forget_pools(a);
+                // SAFETY: every pool is free: nothing lives in the arena.
+                unsafe { os::decommit(a.base, ARENA_SIZE) };
+                a.dirty_end = 0;
+                arena
             }
-            arena
+            None => {
+                let arena = self.map_arena();
+                if arena.is_null() {
+                    return false;
+                }
+                arena
+            }
         };
-        // SAFETY: the spare and new arenas are live and in no tier.
+        // SAFETY: the arena is live and in no tier.
         let arena = unsafe { &mut *arena };
         arena.reset(tier);
         self.tier_mut(tier).add_free_arena(arena);
         true
     }
 
-    /// Maps fresh memory; when the OS refuses, gives back the spare arena
+    /// Takes an entirely free arena's pools off the dirty-pool list.
+    fn forget_pools(&mut self, arena: &mut Arena) {
+        let mut cur = arena.freepools;
+        // SAFETY: free-pool lists hold born, empty pools of this arena.
+        while let Some(pool) = unsafe { cur.as_mut() } {
+            cur = pool.nextpool;
+            self.dirty_pools.remove(pool);
+        }
+    }
+
+    /// Maps fresh memory; when the OS refuses, gives back the free arenas
     /// and cached mappings (address space a memory limit may be counting)
     /// and tries once more.
     fn map_memory(&mut self, len: usize, align: usize) -> *mut u8 {
@@ -430,20 +517,10 @@ impl Heap {
         p
     }
 
-    /// Unmaps the spare arena and every cached mapping; true if there
-    /// was any.
+    /// Gives back everything kept for reuse: empty pools, free arenas,
+    /// cached mappings. True if there was any.
     fn release_reserves(&mut self) -> bool {
-        let mut released = false;
-        // SAFETY: the spare is a live descriptor in no tier.
-        if let Some(spare) = unsafe { self.spare.as_mut() } {
-            self.spare = ptr::null_mut();
-            self.unmap_arena(spare);
-            released = true;
-        }
-        let cached = self.large_cache.drain();
-        released |= !cached.is_null();
-        self.unmap_large_list(cached);
-        released
+        self.purge(u64::MAX)
     }
 
     fn map_arena(&mut self) -> *mut Arena {
@@ -469,6 +546,8 @@ impl Heap {
             let a = &mut *arena;
             a.base = base;
             a.dirty_end = 0;
+            a.retired = false;
+            a.freed_at = 0;
             a.prev_all = ptr::null_mut();
             a.next_all = self.all_arenas;
             if let Some(next) = self.all_arenas.as_mut() {
@@ -480,14 +559,10 @@ impl Heap {
         arena
     }
 
-    /// Disposes of an arena whose pools are all free: it becomes the
-    /// spare, or goes back to the OS.
+    /// Keeps an arena whose pools are all free for reuse, until it decays
+    /// (its dirty pools decay one by one meanwhile).
     fn retire_arena(&mut self, arena: &mut Arena) {
-        if self.spare.is_null() {
-            self.spare = arena;
-        } else {
-            self.unmap_arena(arena);
-        }
+        self.free_arenas.push(arena, self.clock);
     }
 
     fn unmap_arena(&mut self, arena: &mut Arena) {
@@ -517,7 +592,7 @@ impl Heap {
             return Block::NONE;
         }
         let len = os::page_round_up(n.max(GRANULE_SIZE));
-        let (block, zeroed) = match self.large_cache.take(len, align) {
+        let (block, zeroed) = match self.reuse_cached(len, align) {
             Some(block) => (block, false),
             None => {
                 let base = self.map_memory(len, align);
@@ -546,6 +621,53 @@ impl Heap {
         Block { ptr: b.base, zeroed }
     }
 
+    /// A cached mapping made `len` bytes long: one much longer is split
+    /// and its tail cached again, one too short is grown with `mremap`
+    /// (which keeps its pages).
+    fn reuse_cached(&mut self, len: usize, align: usize) -> Option<*mut LargeBlock> {
+        // SAFETY: the cache hands out live descriptors it let go of.
+        let b = unsafe { &mut *self.large_cache.take(len, align)? };
+        if b.len >= len {
+            let tail = b.len - len;
+            if tail > b.len / 4 && tail >= GRANULE_SIZE {
+                self.cache_tail(b, len);
+            }
+            return Some(b);
+        }
+        // SAFETY: the mapping is ours and unused; a moved one is not in
+        // the arena map yet.
+        let moved = unsafe { os::remap(b.base, b.len, len) };
+        if moved.is_null() {
+            self.unmap_large(b);
+            return None;
+        }
+        b.base = moved;
+        b.len = len;
+        Some(b)
+    }
+
+    /// Cuts cached mapping `b` to `len` bytes; the rest becomes a cached
+    /// mapping of its own (or is unmapped when no record is left for it).
+    fn cache_tail(&mut self, b: &mut LargeBlock, len: usize) {
+        // SAFETY: `len` is inside the mapping.
+        let tail_base = unsafe { b.base.add(len) };
+        let tail_len = b.len - len;
+        b.len = len;
+        let record = self.large_records.alloc();
+        if record.is_null() {
+            // SAFETY: the tail is ours and unused.
+            unsafe { os::unmap(tail_base, tail_len) };
+            return;
+        }
+        // SAFETY: the slot is ours; the tail is a whole range of pages.
+        let tail = unsafe {
+            record.write(LargeBlock::new(tail_base, tail_len));
+            &mut *record
+        };
+        let evicted = self.large_cache.insert(tail, self.clock);
+        self.unmap_large_list(evicted);
+    }
+
     fn free_large(&mut self, block: *mut LargeBlock) {
         // SAFETY: the caller found it in the map, so it is live.
         let b = unsafe { &mut *block };
@@ -554,7 +676,7 @@ impl Heap {
         self.counters.large_bytes -= b.len;
         self.recently_freed.record(b.base);
         if LargeCache::accepts(b.len) {
-            let evicted = self.large_cache.insert(b);
+            let evicted = self.large_cache.insert(b, self.clock);
             self.unmap_large_list(evicted);
         } else {
             self.unmap_large(b);
@@ -628,31 +750,13 @@ impl Heap {
     }
 
     /// Gives back to the OS all memory that holds no live block: empty
-    /// pools are decommitted, the spare arena and cached mappings unmapped.
+    /// pools are decommitted, free arenas and cached mappings unmapped.
     /// True if anything was released.
     pub fn trim(&mut self) -> bool {
-        let mut released = self.release_reserves();
-        let mut cur = self.all_arenas;
-        // SAFETY: the all-arena list holds live descriptors.
-        while let Some(arena) = unsafe { cur.as_mut() } {
-            cur = arena.next_all;
-            let pool_size = arena.pool_size();
-            let mut free = arena.freepools;
-            // SAFETY: free-pool lists hold born, empty pools of this arena.
-            while let Some(pool) = unsafe { free.as_mut() } {
-                free = pool.nextpool;
-                if pool.dirty_end != 0 {
-                    // SAFETY: an empty pool holds no live block.
-                    unsafe { os::decommit(pool.base, pool_size) };
-                    pool.decommitted();
-                    released = true;
-                }
-            }
-        }
-        released
+        self.release_reserves()
     }
 
-    /// Calls `f` on every arena (the spare included) - for statistics and
+    /// Calls `f` on every arena (free ones included) - for statistics and
     /// invariant checks.
     pub fn for_each_arena(&self, mut f: impl FnMut(&Arena)) {
         let mut cur = self.all_arenas;
@@ -679,8 +783,9 @@ impl Heap {
         &self.large_cache
     }
 
-    pub fn is_spare(&self, arena: &Arena) -> bool {
-        ptr::eq(self.spare, arena)
+    #[cfg(test)]
+    pub fn free_arena_count(&self) -> usize {
+        self.free_arenas.count
     }
 
     pub fn secret(&self) -> Secret {

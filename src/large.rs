@@ -4,27 +4,34 @@
 //! Descriptors live in a slab, not in front of the block, so a buffer
 //! underflow cannot corrupt them. Freed mappings wait in a small cache
 //! (most recent first) so that a program that repeatedly allocates and
-//! frees big buffers does not pay a system call and page faults each time.
+//! frees big buffers does not pay page faults each time: a request takes
+//! the cached mapping that fits it best, trimmed or grown with `mremap`
+//! (which keeps its pages), and mappings unused for `purge::DECAY_MS` go
+//! back to the OS.
 
 use core::ptr;
+
+use crate::geometry::PAGE_SIZE;
 
 /// One large block: the mapping `base..base+len`, all of it usable.
 pub struct LargeBlock {
     pub base: *mut u8,
     pub len: usize,
-    /// Neighbours in the cache while the mapping is cached.
+    /// Neighbours in the cache while the mapping is cached, since
+    /// `freed_at` (ms).
     next: *mut LargeBlock,
     prev: *mut LargeBlock,
+    freed_at: u64,
 }
 
 impl LargeBlock {
     pub fn new(base: *mut u8, len: usize) -> Self {
-        LargeBlock { base, len, next: ptr::null_mut(), prev: ptr::null_mut() }
+        LargeBlock { base, len, next: ptr::null_mut(), prev: ptr::null_mut(), freed_at: 0 }
     }
 }
 
 /// Most mappings and bytes the cache holds.
-const CACHE_MAX_ENTRIES: usize = 16;
+const CACHE_MAX_ENTRIES: usize = 64;
 const CACHE_MAX_BYTES: usize = 64 << 20;
 
 /// Freed mappings, most recently freed first.
@@ -40,20 +47,50 @@ impl LargeCache {
         LargeCache { head: ptr::null_mut(), tail: ptr::null_mut(), entries: 0, bytes: 0 }
     }
 
-    /// Takes the most recent cached mapping that fits `len` bytes at
-    /// alignment `align` without wasting more than a quarter of it.
+    /// Takes the cached mapping to reuse for `len` bytes at alignment
+    /// `align`: the smallest one that holds `len`, else (for page
+    /// alignment) the largest, for the caller to grow. Most recent first
+    /// among equals.
     pub fn take(&mut self, len: usize, align: usize) -> Option<*mut LargeBlock> {
+        let mut best: *mut LargeBlock = ptr::null_mut();
+        let mut best_len = 0;
         let mut cur = self.head;
         // SAFETY: cached descriptors are live and linked only here.
         while let Some(block) = unsafe { cur.as_mut() } {
-            let fits = block.len >= len && block.len - len <= block.len / 4;
-            if fits && block.base as usize % align == 0 {
-                self.unlink(block);
-                return Some(block);
-            }
             cur = block.next;
+            if block.base as usize % align != 0 {
+                continue;
+            }
+            let better = if best_len >= len {
+                block.len >= len && block.len < best_len
+            } else {
+                block.len > best_len && (block.len >= len || align <= PAGE_SIZE)
+            };
+            if better {
+                best = block;
+                best_len = block.len;
+            }
         }
-        None
+        // SAFETY: as above.
+        let block = unsafe { best.as_mut()? };
+        self.unlink(block);
+        Some(block)
+    }
+
+    /// Takes the mappings cached at or before `cutoff` (ms) out of the
+    /// cache, linked through `next`, for the caller to unmap.
+    pub fn evict_older(&mut self, cutoff: u64) -> *mut LargeBlock {
+        let mut evicted: *mut LargeBlock = ptr::null_mut();
+        // SAFETY: as in `take`.
+        while let Some(oldest) = unsafe { self.tail.as_mut() } {
+            if oldest.freed_at > cutoff {
+                break;
+            }
+            self.unlink(oldest);
+            oldest.next = evicted;
+            evicted = oldest;
+        }
+        evicted
     }
 
     /// Whether a cached mapping starts at `p`.
@@ -76,7 +113,7 @@ impl LargeCache {
 
     /// Caches a freed mapping; returns the mappings it pushed out (oldest
     /// first, linked through `next`) for the caller to unmap.
-    pub fn insert(&mut self, block: &mut LargeBlock) -> *mut LargeBlock {
+    pub fn insert(&mut self, block: &mut LargeBlock, now: u64) -> *mut LargeBlock {
         let mut evicted: *mut LargeBlock = ptr::null_mut();
         while self.entries >= CACHE_MAX_ENTRIES || self.bytes + block.len > CACHE_MAX_BYTES {
             // SAFETY: the cache is non-empty here (block.len alone fits),
@@ -86,6 +123,7 @@ impl LargeCache {
             oldest.next = evicted;
             evicted = oldest;
         }
+        block.freed_at = now;
         block.prev = ptr::null_mut();
         block.next = self.head;
         // SAFETY: as in `take`.
@@ -97,13 +135,6 @@ impl LargeCache {
         self.entries += 1;
         self.bytes += block.len;
         evicted
-    }
-
-    /// Empties the cache; returns its mappings linked through `next`.
-    pub fn drain(&mut self) -> *mut LargeBlock {
-        let all = self.head;
-        *self = LargeCache::new();
-        all
     }
 
     fn unlink(&mut self, block: &mut LargeBlock) {

@@ -36,8 +36,11 @@
 //! - A pool is unborn, used (in `usedpools[class]`), full (in no list) or
 //!   empty (on its arena's free-pool list); see `pool`.
 //! - Each tier's usable arenas are sorted by free pools, most used first,
-//!   kept in O(1) per change; entirely free arenas leave the list and are
-//!   unmapped, except one spare; see `arena`.
+//!   kept in O(1) per change; entirely free arenas leave the list; see
+//!   `arena`.
+//! - Freed memory is reused first and goes back to the OS once it has
+//!   stayed unused for a while (empty pools decommitted, free arenas and
+//!   cached mappings unmapped); see `purge`.
 //! - Every pointer passed to `free`, `realloc` or `malloc_usable_size` is
 //!   looked up in the arena map and must be the first byte of a live
 //!   block; anything else aborts with a message (`debug::fatal`).
@@ -78,6 +81,7 @@ mod large;
 mod lock;
 mod os;
 mod pool;
+mod purge;
 #[cfg_attr(test, allow(dead_code))] // the exit hook is absent in tests
 mod report;
 mod size_class;

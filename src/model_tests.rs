@@ -166,7 +166,7 @@ fn run_model(seed: u64, steps: usize) {
         heap.free(addr as *mut u8).unwrap();
     }
     heap.check().unwrap();
-    assert!(heap.counters.arenas <= 1, "{} arenas left after freeing everything", heap.counters.arenas);
+    assert_eq!(heap.free_arena_count(), heap.counters.arenas, "arenas in use after freeing everything");
     assert_eq!(heap.counters.large_blocks, 0);
     heap.trim();
     assert_eq!(heap.counters.arenas, 0);
@@ -229,7 +229,7 @@ fn double_frees_are_detected() {
         assert_eq!(heap.free(keep), Err(freed(class_size)));
         heap.free(first).unwrap();
     }
-    // A block whose pool is now empty (and whose arena is the spare).
+    // A block whose pool is now empty (and whose arena is free).
     let p = heap.alloc(48).ptr;
     heap.free(p).unwrap();
     assert_eq!(heap.free(p), Err(freed(48)));
@@ -336,7 +336,44 @@ fn empty_arenas_go_back_to_the_os() {
         }
         heap.check().unwrap();
     }
-    assert_eq!(heap.counters.arenas, 1, "only the spare should be left of {peak}");
+    assert_eq!(heap.free_arena_count(), heap.counters.arenas, "every arena of {peak} should be free");
+    // Nothing goes back before it is old enough; then everything does.
+    assert!(!heap.purge(0));
+    assert!(heap.purge(u64::MAX));
+    heap.check().unwrap();
+    assert_eq!(heap.counters.arenas, 0);
+}
+
+#[test]
+fn freed_memory_is_reused_before_it_decays() {
+    let mut heap = new_heap();
+    let blocks: Vec<_> = (0..10_000).map(|i| heap.alloc(16 + (i % 32) * 16).ptr).collect();
+    let big = heap.alloc(1 << 20).ptr;
+    let arenas = heap.counters.arenas;
+    for p in &blocks {
+        heap.free(*p).unwrap();
+    }
+    heap.free(big).unwrap();
+    assert_eq!(heap.free_arena_count(), arenas);
+    // The same work again takes the same memory: no new arena, and the
+    // cached mapping comes back.
+    let again: Vec<_> = (0..10_000).map(|i| heap.alloc(16 + (i % 32) * 16).ptr).collect();
+    let big_again = heap.alloc(1 << 20).ptr;
+    assert_eq!(heap.counters.arenas, arenas);
+    assert_eq!(big_again, big);
+    heap.check().unwrap();
+    for p in again.iter().step_by(2) {
+        heap.free(*p).unwrap();
+    }
+    heap.free(big_again).unwrap();
+    // Half-empty pools stay; the empty ones and the mapping decay.
+    assert!(heap.purge(u64::MAX));
+    heap.check().unwrap();
+    assert_eq!(heap.large_cache().bytes, 0);
+    for p in again.iter().skip(1).step_by(2) {
+        heap.free(*p).unwrap();
+    }
+    heap.check().unwrap();
 }
 
 #[test]

@@ -189,6 +189,19 @@ pub unsafe fn move_onto(p: *mut u8, old_len: usize, new_len: usize, target: *mut
     moved
 }
 
+/// Grows a mapping to `new_len` bytes, where it is or elsewhere, keeping
+/// its pages; null (nothing changed) on failure.
+///
+/// # Safety
+/// `p..p+old_len` must be one whole mapping of ours that nothing refers
+/// to by address while it moves.
+pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> *mut u8 {
+    let _keep = KeepErrno::new();
+    // SAFETY: as the caller guarantees.
+    let q = unsafe { libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
+    if q == libc::MAP_FAILED { ptr::null_mut() } else { q.cast() }
+}
+
 /// Shrinks a mapping in place to `new_len` bytes.
 ///
 /// # Safety

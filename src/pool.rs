@@ -51,6 +51,12 @@ pub struct Pool {
     pub dirty_end: u32,
     pub block_size: u32,
     pub class: u8,
+    /// On the heap's list of empty pools whose memory is still committed
+    /// (`purge::DirtyPools`), since `emptied_at` (ms).
+    pub dirty_listed: bool,
+    pub dirty_prev: *mut Pool,
+    pub dirty_next: *mut Pool,
+    pub emptied_at: u64,
 }
 
 impl Pool {
@@ -69,6 +75,10 @@ impl Pool {
             dirty_end,
             block_size: 0,
             class: NO_CLASS,
+            dirty_listed: false,
+            dirty_prev: ptr::null_mut(),
+            dirty_next: ptr::null_mut(),
+            emptied_at: 0,
         }
     }
 

@@ -110,7 +110,7 @@ pub fn write_json(s: &Snapshot, arenas: &[ArenaDetail], truncated: bool, out: &m
     writeln!(out, "],")?;
     writeln!(out, " \"arenas\": [")?;
     for (i, a) in arenas.iter().enumerate() {
-        write!(out, "  {{\"base\": \"{:#x}\", \"pool_size\": {}, \"spare\": {}, \"pools\": [", a.base, a.pool_size, a.spare)?;
+        write!(out, "  {{\"base\": \"{:#x}\", \"pool_size\": {}, \"free\": {}, \"pools\": [", a.base, a.pool_size, a.free)?;
         for (j, p) in a.pools.iter().take(a.npools as usize).enumerate() {
             let class = if matches!(p.state, PoolState::Used | PoolState::Full) { p.class as i32 } else { -1 };
             write!(out, "{}[{}, {class}, {}, {}]", if j > 0 { "," } else { "" }, p.state as u8, p.in_use, p.capacity)?;

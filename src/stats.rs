@@ -17,7 +17,7 @@ use crate::size_class::{NUM_CLASSES, SMALL_CLASSES, size_of};
 /// statistics are counted by walking the heap, or by `os`).
 #[derive(Clone, Copy, Default)]
 pub struct Counters {
-    /// Arenas mapped now (the spare included).
+    /// Arenas mapped now (free ones included).
     pub arenas: usize,
     pub arenas_allocated: usize,
     pub arenas_reclaimed: usize,
@@ -107,8 +107,8 @@ impl Snapshot {
         let mut classes = [ClassStats::default(); NUM_CLASSES];
         let mut free_pools = 0;
         heap.for_each_arena(|arena| {
-            if heap.is_spare(arena) {
-                t.spare_bytes += ARENA_SIZE;
+            if arena.retired {
+                t.free_arena_bytes += ARENA_SIZE;
                 return;
             }
             free_pools += arena.nfreepools as usize;
@@ -167,7 +167,7 @@ impl Snapshot {
             fsmblks: 0,
             uordblks: self.arena_bytes_in_use(),
             fordblks: t.arena_bytes - self.arena_bytes_in_use(),
-            keepcost: t.spare_bytes + t.cached_bytes,
+            keepcost: t.free_arena_bytes + t.cached_bytes,
         }
     }
 
@@ -253,7 +253,7 @@ pub struct ArenaDetail {
     pub base: usize,
     pub pool_size: usize,
     pub npools: u32,
-    pub spare: bool,
+    pub free: bool,
     pub pools: [PoolDetail; MAX_POOLS_PER_ARENA],
 }
 
@@ -283,7 +283,7 @@ pub fn collect_detail(heap: &Heap, out: &mut [ArenaDetail]) -> (usize, bool) {
         slot.base = arena.base as usize;
         slot.pool_size = arena.pool_size();
         slot.npools = arena.ntotalpools;
-        slot.spare = heap.is_spare(arena);
+        slot.free = arena.retired;
         for (i, detail) in slot.pools.iter_mut().enumerate() {
             *detail = match arena.pools.get(i) {
                 Some(pool) if i < arena.next_unused as usize => PoolDetail::of(pool),
@@ -359,7 +359,7 @@ mod tests {
             + t.avail_bytes
             + t.free_pool_bytes
             + t.quantization_bytes
-            + t.spare_bytes;
+            + t.free_arena_bytes;
         assert_eq!(t.arena_bytes, parts, "{t:?}");
         assert_eq!(t.bytes_in_use, t.small_bytes + t.medium_bytes + t.large_bytes);
     }
@@ -378,7 +378,7 @@ mod tests {
         assert_eq!(s.totals.blocks_in_use, live.len());
         let detail_room = heap.counters.arenas;
         let mut detail = vec![
-            ArenaDetail { base: 0, pool_size: 0, npools: 0, spare: false, pools: [PoolDetail::default(); MAX_POOLS_PER_ARENA] };
+            ArenaDetail { base: 0, pool_size: 0, npools: 0, free: false, pools: [PoolDetail::default(); MAX_POOLS_PER_ARENA] };
             detail_room
         ];
         assert_eq!(collect_detail(&heap, &mut detail), (detail_room, false));

@@ -18,7 +18,7 @@ stats_fields! {
     pools_in_use: "pools in use",
     free_pool_bytes: "bytes in unused pools",
     quantization_bytes: "bytes lost to quantization",
-    spare_bytes: "bytes in the spare arena",
+    free_arena_bytes: "bytes in free arenas",
     large_blocks: "large blocks in use",
     large_bytes: "bytes in large blocks",
     cached_mappings: "cached large mappings",

@@ -86,7 +86,7 @@ fn text_report_at_exit() {
             + get("bytes in available blocks")
             + get("bytes in unused pools")
             + get("bytes lost to quantization")
-            + get("bytes in the spare arena"),
+            + get("bytes in free arenas"),
         "arena bytes do not add up"
     );
 }
