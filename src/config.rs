@@ -98,7 +98,7 @@ impl Value for usize {
     const EXPECTED: &'static str = "a size such as 4096, 64K, 16M or 1G";
     fn parse(text: &[u8]) -> Option<usize> {
         let digits = text.iter().take_while(|b| b.is_ascii_digit()).count();
-        let (number, suffix) = text.split_at(digits);
+        let (number, suffix) = text.split_at_checked(digits)?;
         if number.is_empty() {
             return None;
         }
@@ -227,9 +227,11 @@ options! {
     /// The debug mode: guard bytes, freed-memory poisoning and checks
     /// on every call (fixed before the first block is served).
     debug: bool = false, "PYMALLOC_DEBUG";
-    // Memory-return knobs go here (issue 5), e.g.
-    //   /// Keep at most this many bytes of empty pools committed.
-    //   retain: usize = 4 << 20, "PYMALLOC_RETAIN";
+    /// Freed memory that stays unused this many milliseconds goes back
+    /// to the OS (empty pools, free arenas, cached large mappings).
+    decay_ms: usize = 250, "PYMALLOC_DECAY_MS";
+    /// Most bytes of freed large mappings kept for reuse.
+    large_cache: usize = 64 << 20, "PYMALLOC_LARGE_CACHE";
 }
 
 const UNRESOLVED: u8 = 0;
@@ -420,7 +422,11 @@ mod tests {
         assert_eq!(names.len(), Options::NAMES.len());
         let mut text = String::new();
         Options::DEFAULT.show("", &mut text).unwrap();
-        assert_eq!(text, "PYMALLOC_SHOW_STATS=0\nPYMALLOC_STATS_FILE=\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\n");
+        assert_eq!(
+            text,
+            "PYMALLOC_SHOW_STATS=0\nPYMALLOC_STATS_FILE=\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\nPYMALLOC_DECAY_MS=250\n\
+             PYMALLOC_LARGE_CACHE=67108864\n"
+        );
     }
 
     #[test]

@@ -18,7 +18,8 @@ use crate::large::{self, LargeBlock, LargeCache, RecentlyFreed};
 use crate::lock::FutexMutex;
 use crate::os;
 use crate::pool::Pool;
-use crate::purge::{self, DECAY_MS, DirtyPools, FreeArenas, TICK_FREES};
+use crate::config;
+use crate::purge::{self, DirtyPools, FreeArenas, TICK_FREES};
 use crate::size_class::{NUM_CLASSES, class_for_aligned, class_info, class_of};
 use crate::slab::Slab;
 use crate::stats::Counters;
@@ -300,13 +301,13 @@ impl Heap {
     }
 
     /// Reads the clock and gives back what has stayed unused for
-    /// `DECAY_MS` (see `purge`).
+    /// `PYMALLOC_DECAY_MS` (see `purge`).
     #[cold]
     #[inline(never)]
     fn tick(&mut self) {
         self.free_ticks = TICK_FREES;
         self.clock = purge::now_ms();
-        self.purge(self.clock.saturating_sub(DECAY_MS));
+        self.purge(self.clock.saturating_sub(config::get().decay_ms as u64));
     }
 
     /// Gives back to the OS the empty pools, free arenas and cached
@@ -647,13 +648,13 @@ impl Heap {
     }
 
     /// Cuts cached mapping `b` to `len` bytes; the rest becomes a cached
-    /// mapping of its own (or is unmapped when no record is left for it).
+    /// mapping of its own (or is unmapped when the cache cannot take it).
     fn cache_tail(&mut self, b: &mut LargeBlock, len: usize) {
         // SAFETY: `len` is inside the mapping.
         let tail_base = unsafe { b.base.add(len) };
         let tail_len = b.len - len;
         b.len = len;
-        let record = self.large_records.alloc();
+        let record = if LargeCache::accepts(tail_len) { self.large_records.alloc() } else { ptr::null_mut() };
         if record.is_null() {
             // SAFETY: the tail is ours and unused.
             unsafe { os::unmap(tail_base, tail_len) };

@@ -6,11 +6,12 @@
 //! (most recent first) so that a program that repeatedly allocates and
 //! frees big buffers does not pay page faults each time: a request takes
 //! the cached mapping that fits it best, trimmed or grown with `mremap`
-//! (which keeps its pages), and mappings unused for `purge::DECAY_MS` go
+//! (which keeps its pages), and mappings unused for `PYMALLOC_DECAY_MS` go
 //! back to the OS.
 
 use core::ptr;
 
+use crate::config;
 use crate::geometry::PAGE_SIZE;
 
 /// One large block: the mapping `base..base+len`, all of it usable.
@@ -30,9 +31,12 @@ impl LargeBlock {
     }
 }
 
-/// Most mappings and bytes the cache holds.
+/// Most mappings the cache holds (bytes: `PYMALLOC_LARGE_CACHE`).
 const CACHE_MAX_ENTRIES: usize = 64;
-const CACHE_MAX_BYTES: usize = 64 << 20;
+
+fn max_bytes() -> usize {
+    config::get().large_cache
+}
 
 /// Freed mappings, most recently freed first.
 pub struct LargeCache {
@@ -108,14 +112,14 @@ impl LargeCache {
 
     /// Whether a mapping of `len` bytes may be cached at all.
     pub fn accepts(len: usize) -> bool {
-        len <= CACHE_MAX_BYTES / 4
+        len <= max_bytes() / 4
     }
 
     /// Caches a freed mapping; returns the mappings it pushed out (oldest
     /// first, linked through `next`) for the caller to unmap.
     pub fn insert(&mut self, block: &mut LargeBlock, now: u64) -> *mut LargeBlock {
         let mut evicted: *mut LargeBlock = ptr::null_mut();
-        while self.entries >= CACHE_MAX_ENTRIES || self.bytes + block.len > CACHE_MAX_BYTES {
+        while self.entries >= CACHE_MAX_ENTRIES || self.bytes + block.len > max_bytes() {
             // SAFETY: the cache is non-empty here (block.len alone fits),
             // and its tail is a live descriptor.
             let oldest = unsafe { &mut *self.tail };

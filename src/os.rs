@@ -199,7 +199,11 @@ pub unsafe fn remap(p: *mut u8, old_len: usize, new_len: usize) -> *mut u8 {
     let _keep = KeepErrno::new();
     // SAFETY: as the caller guarantees.
     let q = unsafe { libc::mremap(p.cast(), old_len, new_len, libc::MREMAP_MAYMOVE) };
-    if q == libc::MAP_FAILED { ptr::null_mut() } else { q.cast() }
+    if q == libc::MAP_FAILED {
+        return ptr::null_mut();
+    }
+    OS_TOTALS.grew(new_len - old_len);
+    q.cast()
 }
 
 /// Shrinks a mapping in place to `new_len` bytes.

@@ -3,7 +3,8 @@
 //!
 //! Freed memory is reused first, most recently freed first, so a program
 //! that frees and allocates again pays no system call and no page fault.
-//! Memory that stays unused for `DECAY_MS` goes back to the OS:
+//! Memory that stays unused for `PYMALLOC_DECAY_MS` (250 ms by default)
+//! goes back to the OS:
 //!
 //! | kept                                  | returned by                         |
 //! |---------------------------------------|-------------------------------------|
@@ -21,9 +22,6 @@ use core::ptr;
 
 use crate::arena::Arena;
 use crate::pool::Pool;
-
-/// How long freed memory is kept for reuse before it goes back to the OS.
-pub const DECAY_MS: u64 = 250;
 
 /// Calls to `free` between two readings of the clock.
 pub const TICK_FREES: u32 = 4096;
