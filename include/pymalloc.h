@@ -61,8 +61,10 @@ void free_sized(void *ptr, size_t size);
 void free_aligned_sized(void *ptr, size_t alignment, size_t size);
 
 /**
- * Walks the whole heap checking its invariants: 0 if it is consistent;
- * otherwise prints the first broken invariant on stderr and returns -1.
+ * Walks the whole heap checking its invariants (and, in the debug mode,
+ * every block's guard bytes and every quarantined block's poison): 0 if
+ * it is consistent; otherwise prints the first problem on stderr and
+ * returns -1.
  */
 int pymalloc_check_heap(void);
 

@@ -9,12 +9,39 @@ use core::fmt::Write;
 use core::ptr;
 
 use crate::config;
-use crate::debug::fatal;
+use crate::debug::{self, fatal};
 use crate::geometry::{MIN_ALIGN, PAGE_SIZE};
-use crate::heap::{Block, HEAP, HeapGuard, Resize};
+use crate::debug_mode;
+use crate::heap::{Block, Fault, HEAP, Heap, HeapGuard, Resize};
 use crate::os::set_errno;
 use crate::report;
 use crate::stats::{ChunkWriter, Snapshot, Totals, write_fd};
+
+/// Whether the debug mode (`debug_mode`) is on; resolves the options on
+/// the first call, so the mode is fixed before the first block is served.
+#[inline(always)]
+fn debug_on() -> bool {
+    config::get().debug
+}
+
+/// Runs `f`, a debug-mode operation of `function` given the pointer
+/// `addr`, under the lock; reports its fault after the lock is released.
+#[cold]
+#[inline(never)]
+fn debugged<T>(function: &str, addr: *mut c_void, f: impl FnOnce(&mut Heap) -> Result<T, Fault>) -> T {
+    let result = f(&mut HEAP.lock());
+    result.unwrap_or_else(|fault| fatal(function, fault, addr.cast()))
+}
+
+/// A debug-mode block of `n` bytes aligned to `align`, or null with ENOMEM.
+#[cold]
+fn debug_alloc(n: usize, align: usize, zero: bool, function: &str) -> *mut c_void {
+    let p = debugged(function, ptr::null_mut(), |heap| debug_mode::alloc(heap, n, align, zero));
+    if p.is_null() {
+        set_errno(libc::ENOMEM);
+    }
+    p.cast()
+}
 
 /// Releases the lock after an allocation by `function`. A null block is
 /// out of memory (the caller sets errno), unless the heap found itself
@@ -33,7 +60,9 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
 /// A block of `n` bytes for `function`, or null with ENOMEM.
 #[inline(always)]
 fn alloc(n: usize, function: &str) -> *mut c_void {
-    config::ensure();
+    if debug_on() {
+        return debug_alloc(n, 1, false, function);
+    }
     let mut heap = HEAP.lock();
     let block = heap.alloc(n);
     let block = unlock_checked(heap, block, function);
@@ -45,7 +74,9 @@ fn alloc(n: usize, function: &str) -> *mut c_void {
 
 /// `align` must be a power of two.
 fn alloc_aligned(align: usize, n: usize, function: &str) -> *mut c_void {
-    config::ensure();
+    if debug_on() {
+        return debug_alloc(n, align, false, function);
+    }
     let mut heap = HEAP.lock();
     let block = heap.alloc_aligned(align, n);
     let block = unlock_checked(heap, block, function);
@@ -60,6 +91,9 @@ fn release(p: *mut c_void, function: &str) {
     if p.is_null() {
         return;
     }
+    if debug_on() {
+        return debugged(function, p, |heap| debug_mode::free(heap, p.cast(), None));
+    }
     let result = HEAP.lock().free(p.cast());
     if let Err(fault) = result {
         fatal(function, fault, p.cast());
@@ -73,6 +107,13 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
     if n == 0 {
         release(p, "realloc");
         return ptr::null_mut();
+    }
+    if debug_on() {
+        let q = debugged("realloc", p, |heap| debug_mode::realloc(heap, p.cast(), n));
+        if q.is_null() {
+            set_errno(libc::ENOMEM);
+        }
+        return q.cast();
     }
     let result = HEAP.lock().resize(p.cast(), n);
     match result {
@@ -108,7 +149,9 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
-    config::ensure();
+    if debug_on() {
+        return debug_alloc(n, 1, true, "calloc");
+    }
     let mut heap = HEAP.lock();
     let block = heap.alloc(n);
     let block = unlock_checked(heap, block, "calloc");
@@ -137,6 +180,9 @@ fn usable_size(p: *mut c_void) -> usize {
     if p.is_null() {
         return 0;
     }
+    if debug_on() {
+        return debugged("malloc_usable_size", p, |heap| debug_mode::usable_size(heap, p.cast()));
+    }
     let result = HEAP.lock().usable_size(p.cast());
     match result {
         Ok(n) => n,
@@ -148,15 +194,18 @@ fn posix_memalign_impl(out: *mut *mut c_void, align: usize, n: usize) -> c_int {
     if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
         return libc::EINVAL;
     }
-    config::ensure();
-    let mut heap = HEAP.lock();
-    let block = heap.alloc_aligned(align, n);
-    let block = unlock_checked(heap, block, "posix_memalign");
-    if block.ptr.is_null() {
+    let p = if debug_on() {
+        debugged("posix_memalign", ptr::null_mut(), |heap| debug_mode::alloc(heap, n, align, false))
+    } else {
+        let mut heap = HEAP.lock();
+        let block = heap.alloc_aligned(align, n);
+        unlock_checked(heap, block, "posix_memalign").ptr
+    };
+    if p.is_null() {
         return libc::ENOMEM;
     }
     // SAFETY: the caller passes a valid out-pointer (C contract).
-    unsafe { *out = block.ptr.cast() };
+    unsafe { *out = p.cast() };
     0
 }
 
@@ -198,6 +247,9 @@ pub extern "C" fn free_aligned_sized(ptr: *mut c_void, alignment: usize, size: u
 fn release_sized(p: *mut c_void, size: usize, align: usize, function: &str) {
     if p.is_null() {
         return;
+    }
+    if debug_on() {
+        return debugged(function, p, |heap| debug_mode::free(heap, p.cast(), Some((size, align))));
     }
     let result = HEAP.lock().free_sized(p.cast(), size, align);
     if let Err(fault) = result {
@@ -327,6 +379,9 @@ pub extern "C" fn mallopt(param: c_int, value: c_int) -> c_int {
 /// Returns free memory to the OS; 1 if any was released.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
+    if debug_on() {
+        debugged("malloc_trim", ptr::null_mut(), debug_mode::flush);
+    }
     HEAP.lock().trim() as c_int
 }
 
@@ -385,11 +440,22 @@ pub unsafe extern "C" fn malloc_info(options: c_int, stream: *mut libc::FILE) ->
     0
 }
 
-/// Walks the whole heap checking its invariants: 0 if it is consistent;
-/// otherwise prints the first broken invariant on stderr and returns -1.
+/// Walks the whole heap checking its invariants (and, in the debug mode,
+/// every block's guard bytes and every quarantined block's poison): 0 if
+/// it is consistent; otherwise prints the first problem on stderr and
+/// returns -1.
 #[unsafe(no_mangle)]
 pub extern "C" fn pymalloc_check_heap() -> c_int {
-    let result = HEAP.lock().check();
+    let debug = debug_on();
+    let (result, guards) = {
+        let heap = HEAP.lock();
+        let result = heap.check();
+        (result, if debug && result.is_ok() { debug_mode::check(&heap) } else { Ok(()) })
+    };
+    if let Err((fault, block)) = guards {
+        debug::report("pymalloc_check_heap", fault, block);
+        return -1;
+    }
     match result {
         Ok(()) => 0,
         Err(what) => {

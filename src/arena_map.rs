@@ -121,6 +121,18 @@ impl ArenaMap {
         }
     }
 
+    /// Calls `f` on every large block in the map.
+    pub fn for_each_large(&self, mut f: impl FnMut(*mut LargeBlock)) {
+        for &leaf in self.root.iter().filter(|leaf| !leaf.is_null()) {
+            // SAFETY: as in `get`.
+            for &entry in unsafe { (*leaf).iter() } {
+                if let Some(Owner::Large(block)) = Owner::decode(entry) {
+                    f(block);
+                }
+            }
+        }
+    }
+
     fn entry_mut(&mut self, addr: usize) -> Option<&mut usize> {
         let (hi, lo) = split(addr)?;
         if self.root[hi].is_null() {

@@ -124,7 +124,7 @@ impl Value for usize {
 /// `text` without the ASCII-case-insensitive `suffix`, if it ends so.
 fn strip_suffix<'a>(text: &'a [u8], suffix: &[u8]) -> Option<&'a [u8]> {
     let cut = text.len().checked_sub(suffix.len())?;
-    let (head, tail) = text.split_at(cut);
+    let (head, tail) = text.split_at_checked(cut)?;
     tail.eq_ignore_ascii_case(suffix).then_some(head)
 }
 
@@ -227,6 +227,9 @@ options! {
     /// The debug mode: guard bytes, freed-memory poisoning and checks
     /// on every call (fixed before the first block is served).
     debug: bool = false, "PYMALLOC_DEBUG";
+    /// Debug mode: keep up to this many bytes of freed blocks poisoned and
+    /// unused, to catch writes after free (default 0: none).
+    debug_quarantine: usize = 0, "PYMALLOC_DEBUG_QUARANTINE";
     /// Freed memory that stays unused this many milliseconds goes back
     /// to the OS (empty pools, free arenas, cached large mappings).
     decay_ms: usize = 250, "PYMALLOC_DECAY_MS";
@@ -250,6 +253,7 @@ static OPTIONS: Cell = Cell(UnsafeCell::new(Options::DEFAULT));
 
 /// Resolves the options if that has not happened yet.
 #[inline(always)]
+#[cfg_attr(test, allow(dead_code))] // called by the constructor
 pub fn ensure() {
     get();
 }
@@ -424,8 +428,8 @@ mod tests {
         Options::DEFAULT.show("", &mut text).unwrap();
         assert_eq!(
             text,
-            "PYMALLOC_SHOW_STATS=0\nPYMALLOC_STATS_FILE=\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\nPYMALLOC_DECAY_MS=250\n\
-             PYMALLOC_LARGE_CACHE=67108864\n"
+            "PYMALLOC_SHOW_STATS=0\nPYMALLOC_STATS_FILE=\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\n\
+             PYMALLOC_DEBUG_QUARANTINE=0\nPYMALLOC_DECAY_MS=250\nPYMALLOC_LARGE_CACHE=67108864\n"
         );
     }
 

@@ -17,6 +17,14 @@ use crate::stats::{ChunkWriter, write_fd};
 /// `abort` can still allocate.
 #[cold]
 pub fn fatal(function: &str, fault: Fault, addr: *const u8) -> ! {
+    report(function, fault, addr);
+    // SAFETY: abort never returns and is async-signal-safe.
+    unsafe { libc::abort() }
+}
+
+/// Writes the line `fatal` writes, without aborting.
+#[cold]
+pub fn report(function: &str, fault: Fault, addr: *const u8) {
     {
         let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
         let _ = write!(out, "pymalloc: {function}(): ");
@@ -35,11 +43,31 @@ pub fn fatal(function: &str, fault: Fault, addr: *const u8) -> ! {
             Fault::WrongSize { size, class_size } => write!(out, "wrong size {size} for block {addr:p}, ")
                 .and_then(|()| write_class(&mut out, class_size)),
             Fault::WrongAlignment { align } => write!(out, "wrong alignment {align} for block {addr:p}"),
+            Fault::WrongRequestedSize { size, requested } => {
+                write!(out, "wrong size {size} for block {addr:p} of {requested} bytes")
+            }
+            Fault::Overflow { size, offset, found } => {
+                write!(out, "buffer overflow after block {addr:p} of {size} bytes: at offset {offset}: ")
+                    .and_then(|()| write_bytes(&mut out, found))
+            }
+            Fault::Underflow { size, found } => {
+                write!(out, "buffer underflow before block {addr:p} of {size} bytes: the 8 bytes before it: ")
+                    .and_then(|()| write_bytes(&mut out, found))
+            }
+            Fault::WriteAfterFree { block, size, offset, found } => {
+                write!(out, "write after free in block {block:p} of {size} bytes: at offset {offset}: ")
+                    .and_then(|()| write_bytes(&mut out, found))
+            }
         };
         let _ = out.write_str("\n");
     }
-    // SAFETY: abort never returns and is async-signal-safe.
-    unsafe { libc::abort() }
+}
+
+fn write_bytes(out: &mut impl Write, bytes: [u8; 8]) -> core::fmt::Result {
+    for (i, b) in bytes.iter().enumerate() {
+        write!(out, "{}{b:02x}", if i == 0 { "" } else { " " })?;
+    }
+    Ok(())
 }
 
 fn write_class(out: &mut impl Write, class_size: usize) -> core::fmt::Result {

@@ -12,8 +12,11 @@ use parking_lot::lock_api::{Mutex, MutexGuard, RawMutex};
 
 use crate::arena::{Arena, Tier};
 use crate::arena_map::{ArenaMap, Owner};
+use crate::debug_mode::Quarantine;
 use crate::hardening::Secret;
-use crate::geometry::{ARENA_SIZE, GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, TIER_COUNT};
+use crate::geometry::{
+    ARENA_SIZE, GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT,
+};
 use crate::large::{self, LargeBlock, LargeCache, RecentlyFreed};
 use crate::lock::FutexMutex;
 use crate::os;
@@ -58,6 +61,18 @@ pub enum Fault {
     /// An alignment passed to `free_aligned_sized` that the block does
     /// not have, or that is not a power of two.
     WrongAlignment { align: usize },
+    /// Debug mode: a size passed to `free_sized` that is not the one the
+    /// block was allocated (or reallocated) for.
+    WrongRequestedSize { size: usize, requested: usize },
+    /// Debug mode: the guard bytes after a block of `size` bytes were
+    /// overwritten; `found` are the 8 bytes at `offset` from its start.
+    Overflow { size: usize, offset: usize, found: [u8; 8] },
+    /// Debug mode: the guard bytes just before a block were overwritten
+    /// (`found`; `size` is what its header says).
+    Underflow { size: usize, found: [u8; 8] },
+    /// Debug mode: a quarantined `block` of `size` bytes was written after
+    /// it was freed: `found` at `offset`.
+    WriteAfterFree { block: *mut u8, size: usize, offset: usize, found: [u8; 8] },
 }
 
 /// Where a live block lives.
@@ -100,6 +115,8 @@ pub struct Heap {
     large_cache: LargeCache,
     /// Large blocks freed lately, to tell a double free from a wild pointer.
     recently_freed: RecentlyFreed,
+    /// The debug mode's freed blocks waiting before reuse (`debug_mode`).
+    pub quarantine: Quarantine,
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
     clock: u64,
@@ -124,6 +141,7 @@ impl Heap {
             large_records: Slab::new(),
             large_cache: LargeCache::new(),
             recently_freed: RecentlyFreed::new(),
+            quarantine: Quarantine::new(),
             secret: Secret::UNSET,
             fault: None,
             counters: Counters::ZERO,
@@ -346,6 +364,52 @@ impl Heap {
                 Found::Large(block) => (*block).len,
             }
         })
+    }
+
+    /// Bytes usable at `p` (not null) and its class size (0 for a large
+    /// block), as faults name it.
+    pub fn block_info(&self, p: *mut u8) -> Result<(usize, usize), Fault> {
+        let found = self.find(p)?;
+        // SAFETY: `find` returns live records.
+        Ok(unsafe {
+            match found {
+                Found::Pool(pool) => ((*pool).block_size as usize, (*pool).block_size as usize),
+                Found::Large(block) => ((*block).len, 0),
+            }
+        })
+    }
+
+    /// Calls `f(block, usable size, class size or 0)` on every live block
+    /// (for the debug mode's heap check).
+    pub fn for_each_live_block(&self, mut f: impl FnMut(*mut u8, usize, usize)) {
+        const WORDS: usize = POOL_SIZE / MIN_ALIGN / 64;
+        self.for_each_arena(|arena| {
+            for pool in arena.pools.iter().take(arena.next_unused as usize) {
+                let size = pool.block_size as usize;
+                if pool.ref_count == 0 || arena.retired || size == 0 {
+                    continue;
+                }
+                // The free blocks, as a bitmap of block indices.
+                let mut free = [0u64; WORDS];
+                let _ = pool.walk_free_list(self.secret, |block| {
+                    let i = (block as usize - pool.base as usize) / size;
+                    if let Some(word) = free.get_mut(i / 64) {
+                        *word |= 1 << (i % 64);
+                    }
+                });
+                for i in 0..pool.nextoffset as usize / size {
+                    let is_free = free.get(i / 64).is_some_and(|word| word >> (i % 64) & 1 != 0);
+                    if !is_free {
+                        f(pool.base.wrapping_add(i * size), size, size);
+                    }
+                }
+            }
+        });
+        self.map.for_each_large(|block| {
+            // SAFETY: the map only names live large descriptors.
+            let b = unsafe { &*block };
+            f(b.base, b.len, 0);
+        });
     }
 
     /// Resizes the block at `p` (not null) to `n` bytes (not zero) where

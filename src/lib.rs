@@ -71,6 +71,7 @@ mod arena;
 mod arena_map;
 mod config;
 mod debug;
+mod debug_mode;
 #[cfg_attr(test, allow(dead_code))] // installed by the constructor, absent in tests
 mod fork;
 mod geometry;

@@ -12,11 +12,16 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn run_c_program(name: &str, config: Config) {
+    run_c_program_with(name, config, &[]);
+}
+
+/// Runs a program with the extra environment `env`.
+fn run_c_program_with(name: &str, config: Config, env: &[(&str, &str)]) {
     let lib = library();
     let exe = compile_c(name, config);
     let command = || {
         let mut cmd = Command::new(&exe);
-        clean_env(&mut cmd);
+        clean_env(&mut cmd).envs(env.iter().copied());
         if config == Config::Preload {
             cmd.env("LD_PRELOAD", &lib);
         }
@@ -35,8 +40,13 @@ fn run_c_program(name: &str, config: Config) {
     r.assert_success(&format!("{name} ({config:?})"));
 }
 
+/// The debug mode (guard bytes, poisoning, a quarantine) must keep every
+/// function's semantics: each program runs under it too.
+// (A small quarantine: quarantined blocks count as in use in mallinfo.)
+const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "256K")];
+
 macro_rules! c_tests {
-    ($($preload:ident, $linked:ident => $name:literal;)*) => {$(
+    ($($preload:ident, $linked:ident, $debug:ident => $name:literal;)*) => {$(
         #[test]
         fn $preload() {
             run_c_program($name, Config::Preload);
@@ -45,18 +55,22 @@ macro_rules! c_tests {
         fn $linked() {
             run_c_program($name, Config::Linked);
         }
+        #[test]
+        fn $debug() {
+            run_c_program_with($name, Config::Linked, DEBUG);
+        }
     )*};
 }
 
 c_tests! {
-    api_edge_preload, api_edge_linked => "api_edge";
-    alignment_preload, alignment_linked => "alignment";
-    realloc_contents_preload, realloc_contents_linked => "realloc_contents";
-    calloc_zero_preload, calloc_zero_linked => "calloc_zero";
-    no_overlap_preload, no_overlap_linked => "no_overlap";
-    threads_basic_preload, threads_basic_linked => "threads_basic";
-    oom_rlimit_preload, oom_rlimit_linked => "oom_rlimit";
-    sized_free_preload, sized_free_linked => "sized_free";
+    api_edge_preload, api_edge_linked, api_edge_debug => "api_edge";
+    alignment_preload, alignment_linked, alignment_debug => "alignment";
+    realloc_contents_preload, realloc_contents_linked, realloc_contents_debug => "realloc_contents";
+    calloc_zero_preload, calloc_zero_linked, calloc_zero_debug => "calloc_zero";
+    no_overlap_preload, no_overlap_linked, no_overlap_debug => "no_overlap";
+    threads_basic_preload, threads_basic_linked, threads_basic_debug => "threads_basic";
+    oom_rlimit_preload, oom_rlimit_linked, oom_rlimit_debug => "oom_rlimit";
+    sized_free_preload, sized_free_linked, sized_free_debug => "sized_free";
 }
 
 /// The generated header: only meaningful when compiling against it.

@@ -1,6 +1,7 @@
 //! Heap misuse is stopped: each case of `tests/c/misuse.c` must abort
 //! (exit status 134, SIGABRT) after writing exactly the expected line on
-//! stderr, preloaded and linked.
+//! stderr, preloaded and linked, in the default mode and in the debug
+//! mode (`PYMALLOC_DEBUG=1`, with a quarantine).
 
 mod common;
 
@@ -56,6 +57,8 @@ fn run_case(case: &str, config: Config, env: &[(&str, &str)]) {
     assert_eq!(r.stderr.trim_end(), expected, "{what}: wrong message on stderr");
 }
 
+const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "1M")];
+
 macro_rules! misuse_tests {
     ($($name:ident => $case:literal;)*) => {$(
         mod $name {
@@ -68,8 +71,66 @@ macro_rules! misuse_tests {
             fn linked() {
                 run_case($case, Config::Linked, &[]);
             }
+            #[test]
+            fn debug_preload() {
+                run_case($case, Config::Preload, DEBUG);
+            }
+            #[test]
+            fn debug_linked() {
+                run_case($case, Config::Linked, DEBUG);
+            }
         }
     )*};
+}
+
+/// Misuse only the debug mode sees.
+macro_rules! debug_misuse_tests {
+    ($($name:ident => $case:literal;)*) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn debug_preload() {
+                run_case($case, Config::Preload, DEBUG);
+            }
+            #[test]
+            fn debug_linked() {
+                run_case($case, Config::Linked, DEBUG);
+            }
+            #[test]
+            fn debug_without_quarantine() {
+                run_case($case, Config::Preload, &[("PYMALLOC_DEBUG", "1")]);
+            }
+        }
+    )*};
+}
+
+debug_misuse_tests! {
+    overflow => "overflow";
+    overflow_far => "overflow-far";
+    underflow => "underflow";
+    check_heap_overflow => "check-heap-overflow";
+}
+
+/// Writes after free: seen when the quarantine lets the block go.
+macro_rules! quarantine_tests {
+    ($($name:ident => $case:literal;)*) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn debug_preload() {
+                run_case($case, Config::Preload, DEBUG);
+            }
+            #[test]
+            fn debug_linked() {
+                run_case($case, Config::Linked, DEBUG);
+            }
+        }
+    )*};
+}
+
+quarantine_tests! {
+    write_after_free => "write-after-free";
+    check_heap_write_after_free => "check-heap-write-after-free";
 }
 
 misuse_tests! {

@@ -10,8 +10,32 @@
 /* C23, exported by libpymalloc (weak: the program also links without it). */
 extern void free_sized(void *, size_t) __attribute__((weak));
 extern void free_aligned_sized(void *, size_t, size_t) __attribute__((weak));
+extern int pymalloc_check_heap(void) __attribute__((weak));
 
 static char data_segment[64];
+
+/* PYMALLOC_DEBUG=1: blocks carry guards (48 bytes more of the heap), some
+   faults read differently, and misuse the default mode cannot see is
+   caught. The driver also sets PYMALLOC_DEBUG_QUARANTINE. */
+static int debug;
+
+/* The heap's class size for a request of n bytes (0: a large block). */
+static size_t class_size(size_t n) {
+    if (debug) n = (n ? n : 1) + 48;
+    if (n <= 512) return n <= 16 ? 16 : (n + 15) / 16 * 16;
+    for (size_t base = 512; base < 128 * 1024; base *= 2)
+        for (size_t k = 1; k <= 4; k++)
+            if (base + k * base / 4 >= n) return base + k * base / 4;
+    return 0;
+}
+
+/* "dd dd 41 ...": the 8 bytes at p, as the allocator prints them. */
+static const char *hex8(const void *p) {
+    static char out[3 * 8];
+    for (int i = 0; i < 8; i++)
+        sprintf(out + 3 * i, i < 7 ? "%02x " : "%02x", ((const unsigned char *)p)[i]);
+    return out;
+}
 
 static void expect(const char *fmt, ...) {
     va_list ap;
@@ -33,15 +57,27 @@ static void *block_with_neighbour(size_t n) {
     return p;
 }
 
+/* ", size class N" or ", large block", as the allocator names a block. */
+static const char *class_of(size_t n) {
+    static char out[64];
+    size_t c = class_size(n);
+    if (c) snprintf(out, sizeof out, "size class %zu", c);
+    else snprintf(out, sizeof out, "large block");
+    return out;
+}
+
 static void double_free(size_t n) {
     void *p = block_with_neighbour(n);
-    size_t class_size = malloc_usable_size(p);
     free(p);
-    if (n > 128 * 1024)
-        expect("free(): double free of %p, large block", p);
-    else
-        expect("free(): double free of %p, size class %zu", p, class_size);
+    expect("free(): double free of %p, %s", p, class_of(n));
     free(p);
+}
+
+/* Debug mode: a write after free shows when the quarantine lets go. */
+static void expect_write_after_free(void *block, size_t n, const void *bytes) {
+    expect("malloc_trim(): write after free in block %p of %zu bytes: at offset 0: %s", block, n,
+           hex8(bytes));
+    malloc_trim(0);
 }
 
 int main(int argc, char **argv) {
@@ -50,6 +86,8 @@ int main(int argc, char **argv) {
     /* Unbuffered: printing allocates no stdio buffer between the setup and
        the misuse (it could take the very block freed a moment before). */
     setvbuf(stdout, NULL, _IONBF, 0);
+    const char *d = getenv("PYMALLOC_DEBUG");
+    debug = d && !strcmp(d, "1");
     void *volatile v;
     if (!strcmp(c, "double-free-small")) {
         double_free(48);
@@ -61,15 +99,14 @@ int main(int argc, char **argv) {
         double_free((size_t)200 << 20); /* too big to be cached: unmapped at once */
     } else if (!strcmp(c, "double-free-last-in-pool")) {
         void *p = malloc(opaque(4000)); /* alone in its pool, which empties */
-        size_t class_size = malloc_usable_size(p);
         free(p);
-        expect("free(): double free of %p, size class %zu", p, class_size);
+        expect("free(): double free of %p, %s", p, class_of(4000));
         free(p);
     } else if (!strcmp(c, "double-free-after-realloc")) {
         char *p = malloc(opaque(100));
         char *q = realloc(p, opaque(5000)); /* moves to another class */
         CHECK(q != p, "realloc did not move");
-        expect("free(): double free of %p, size class %zu", (void *)p, (size_t)112);
+        expect("free(): double free of %p, %s", (void *)p, class_of(100));
         free(p);
     } else if (!strcmp(c, "free-stack")) {
         int local;
@@ -114,7 +151,7 @@ int main(int argc, char **argv) {
     } else if (!strcmp(c, "realloc-freed")) {
         void *p = block_with_neighbour(200);
         free(p);
-        expect("realloc(): pointer to a freed block %p, size class 208", p);
+        expect("realloc(): pointer to a freed block %p, %s", p, class_of(200));
         v = realloc(p, opaque(300));
     } else if (!strcmp(c, "realloc-freed-large")) {
         void *p = malloc(opaque(1 << 20));
@@ -129,7 +166,7 @@ int main(int argc, char **argv) {
     } else if (!strcmp(c, "usable-size-freed")) {
         void *p = block_with_neighbour(32);
         free(p);
-        expect("malloc_usable_size(): pointer to a freed block %p, size class 32", p);
+        expect("malloc_usable_size(): pointer to a freed block %p, %s", p, class_of(32));
         malloc_usable_size(p);
     } else if (!strcmp(c, "corrupt-free-list")) {
         /* A write after free overwrites the link of the free list's head. */
@@ -137,6 +174,7 @@ int main(int argc, char **argv) {
         free(a);
         free(b);
         b[0] = a + 64;
+        if (debug) expect_write_after_free(b, 48, b);
         expect("malloc(): corrupted free list: link in free block %p overwritten, size class 48",
                (void *)b);
         v = malloc(opaque(48));
@@ -145,25 +183,29 @@ int main(int argc, char **argv) {
         char *a = block_with_neighbour(400);
         free(a);
         memset(a, 0, 16);
+        if (debug) expect_write_after_free(a, 400, a);
         expect("calloc(): corrupted free list: link in free block %p overwritten, size class 400",
                (void *)a);
         v = calloc(1, opaque(400));
     } else if (!strcmp(c, "free-sized-too-big")) {
         void *p = malloc(opaque(48));
-        expect("free_sized(): wrong size 64 for block %p, size class 48", p);
+        if (debug) expect("free_sized(): wrong size 64 for block %p of 48 bytes", p);
+        else expect("free_sized(): wrong size 64 for block %p, size class 48", p);
         free_sized(p, opaque(64));
     } else if (!strcmp(c, "free-sized-smaller-class")) {
         void *p = malloc(opaque(100));
-        expect("free_sized(): wrong size 48 for block %p, size class 112", p);
+        if (debug) expect("free_sized(): wrong size 48 for block %p of 100 bytes", p);
+        else expect("free_sized(): wrong size 48 for block %p, size class 112", p);
         free_sized(p, opaque(48));
     } else if (!strcmp(c, "free-sized-large")) {
         void *p = malloc(opaque(1 << 20));
-        expect("free_sized(): wrong size 1000 for block %p, large block", p);
+        if (debug) expect("free_sized(): wrong size 1000 for block %p of 1048576 bytes", p);
+        else expect("free_sized(): wrong size 1000 for block %p, large block", p);
         free_sized(p, opaque(1000));
     } else if (!strcmp(c, "free-sized-double")) {
         void *p = block_with_neighbour(48);
         free(p);
-        expect("free_sized(): double free of %p, size class 48", p);
+        expect("free_sized(): double free of %p, %s", p, class_of(48));
         free_sized(p, opaque(48));
     } else if (!strcmp(c, "free-sized-stack")) {
         int local;
@@ -175,15 +217,53 @@ int main(int argc, char **argv) {
         expect("free_aligned_sized(): wrong alignment 48 for block %p", p);
         free_aligned_sized(p, opaque(48), opaque(100));
     } else if (!strcmp(c, "free-aligned-sized-misaligned")) {
+        /* A size whose blocks are not all 32-aligned (16 bytes apart). */
+        size_t n = debug ? 64 : 48, tries = 0;
         uintptr_t p;
-        do p = (uintptr_t)malloc(opaque(48)); /* until one is not 32-aligned */
-        while (p % 32 == 0);
+        do p = (uintptr_t)malloc(opaque(n));
+        while (p % 32 == 0 && ++tries < 1000);
         expect("free_aligned_sized(): wrong alignment 32 for block %p", (void *)p);
-        free_aligned_sized((void *)p, opaque(32), opaque(48));
+        free_aligned_sized((void *)p, opaque(32), opaque(n));
     } else if (!strcmp(c, "free-aligned-sized-wrong-size")) {
         void *p = aligned_alloc(opaque(64), opaque(100)); /* class 128 */
-        expect("free_aligned_sized(): wrong size 20 for block %p, size class 128", p);
+        if (debug) expect("free_aligned_sized(): wrong size 20 for block %p of 100 bytes", p);
+        else expect("free_aligned_sized(): wrong size 20 for block %p, size class 128", p);
         free_aligned_sized(p, opaque(64), opaque(20));
+    } else if (debug && !strcmp(c, "overflow")) {
+        char *p = malloc(opaque(48));
+        p[48] = 'A';
+        expect("free(): buffer overflow after block %p of 48 bytes: at offset 48: %s", p, hex8(p + 48));
+        free(p);
+    } else if (debug && !strcmp(c, "overflow-far")) {
+        char *p = malloc(opaque(100));
+        p[109] = 'A'; /* beyond the first 8 guard bytes */
+        expect("realloc(): buffer overflow after block %p of 100 bytes: at offset 108: %s", p,
+               hex8(p + 108));
+        v = realloc(p, opaque(1000));
+    } else if (debug && !strcmp(c, "underflow")) {
+        char *p = malloc(opaque(48));
+        p[-1] = 'A';
+        expect("free(): buffer underflow before block %p of 48 bytes: the 8 bytes before it: %s", p,
+               hex8(p - 8));
+        free(p);
+    } else if (debug && !strcmp(c, "write-after-free")) {
+        char *p = malloc(opaque(48));
+        free(p);
+        p[5] = 'A';
+        expect_write_after_free(p, 48, p);
+    } else if (debug && !strcmp(c, "check-heap-overflow")) {
+        char *p = malloc(opaque(3000));
+        p[3002] = 'A';
+        expect("pymalloc_check_heap(): buffer overflow after block %p of 3000 bytes: at offset 3000: %s",
+               p, hex8(p + 3000));
+        if (pymalloc_check_heap() != 0) abort();
+    } else if (debug && !strcmp(c, "check-heap-write-after-free")) {
+        char *p = malloc(opaque(100000)); /* stays in the 1M quarantine */
+        free(p);
+        p[4096] = 'A';
+        expect("pymalloc_check_heap(): write after free in block %p of 100000 bytes: at offset 4096: %s",
+               p, hex8(p + 4096));
+        if (pymalloc_check_heap() != 0) abort();
     } else {
         CHECK(0, "unknown case %s", c);
     }

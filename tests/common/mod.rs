@@ -98,8 +98,11 @@ pub fn compile_c(name: &str, config: Config) -> PathBuf {
     let src = repo_root().join("tests/c").join(format!("{name}.c"));
     let out = scratch_dir("c-tests", config.name()).join(name);
     // Built under a private name, then renamed: another test run using the
-    // same target directory may be executing the previous binary.
-    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    // same target directory, or another test thread of this one, may be
+    // executing the previous binary or building the same program.
+    static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let tmp = out.with_extension(format!("tmp{}-{build}", std::process::id()));
     let mut cmd = Command::new("gcc");
     // -fno-builtin: every allocator call in the source is a real call.
     cmd.args(["-O2", "-g", "-pthread", "-Wall", "-fno-builtin", "-o"])

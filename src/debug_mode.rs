@@ -1,0 +1,358 @@
+//! The debug mode (`PYMALLOC_DEBUG=1`, the idea of CPython's
+//! `PYTHONMALLOC=debug` hooks): a layer between `abi` and the heap that
+//! wraps every block in guard bytes and poisons memory.
+//!
+//! ```text
+//!  heap block: base                              p = base + front
+//!  ┌──────────┬───────────┬───────┬─────────────┬───────────────┬───────────────┐
+//!  │ p, 0     │ (padding) │ size  │ 8 x 0xFD    │ n bytes       │ 0xFD ... 0xFD │
+//!  └──────────┴───────────┴───────┴─────────────┴───────────────┴───────────────┘
+//!   16 bytes                p-16    p-8           the caller's    at least 16, up
+//!   (heap's link and key                          block           to the heap
+//!   once freed)                                                   block's end
+//! ```
+//!
+//! - `front` is `max(32, alignment)`, a power of two, so `p` keeps the
+//!   requested alignment and `base` is the first block start found
+//!   scanning back from `p` by powers of two (`locate`): no lookup table.
+//! - Fresh memory is filled with `0xCD` (calloc's with zeros), freed
+//!   memory with `0xDD`; the guard bytes are `0xFD`. `free`, `realloc`,
+//!   `malloc_usable_size` and `pymalloc_check_heap` check them and report
+//!   an overflow or underflow with the block's address, requested size
+//!   and the bytes found.
+//! - `malloc_usable_size` is the requested size: writing beyond it is an
+//!   overflow. `realloc` always moves the block, so stale pointers to the
+//!   old one point at poisoned memory.
+//! - With `PYMALLOC_DEBUG_QUARANTINE=<bytes>`, freed blocks wait, still
+//!   poisoned (and their header guards turned to `0xDD`), until that many
+//!   bytes of newer frees push them out; a block leaving the quarantine is
+//!   checked for writes after free. A second free of a quarantined block
+//!   is a double free.
+//!
+//! Everything runs with the heap lock held (`abi` takes it), as the heap
+//! does. The mode is fixed before the first block is served (`config`).
+
+use crate::config;
+use crate::geometry::MAX_REQUEST;
+use crate::heap::{Fault, Heap};
+
+pub const GUARD: u8 = 0xFD;
+pub const FRESH: u8 = 0xCD;
+pub const DEAD: u8 = 0xDD;
+
+/// Size word and guard before the block; guard bytes after it, at least.
+const HEADER: usize = 16;
+const TAIL: usize = 16;
+const MIN_FRONT: usize = 32;
+
+/// Freed blocks waiting before their memory is reused.
+pub struct Quarantine {
+    /// A ring of (base, p) pairs, oldest at `head`.
+    entries: [(usize, usize); QUARANTINE_ENTRIES],
+    head: usize,
+    len: usize,
+    bytes: usize,
+}
+
+const QUARANTINE_ENTRIES: usize = 4096;
+
+impl Quarantine {
+    pub const fn new() -> Self {
+        Quarantine { entries: [(0, 0); QUARANTINE_ENTRIES], head: 0, len: 0, bytes: 0 }
+    }
+
+    fn push(&mut self, base: usize, p: usize, bytes: usize) {
+        self.entries[(self.head + self.len) % QUARANTINE_ENTRIES] = (base, p);
+        self.len += 1;
+        self.bytes += bytes;
+    }
+
+    fn pop(&mut self) -> Option<(usize, usize)> {
+        if self.len == 0 {
+            return None;
+        }
+        let entry = self.entries[self.head % QUARANTINE_ENTRIES];
+        self.head = (self.head + 1) % QUARANTINE_ENTRIES;
+        self.len -= 1;
+        Some(entry)
+    }
+}
+
+/// A live block of the debug layer.
+struct Live {
+    base: *mut u8,
+    /// The heap block's usable size.
+    usable: usize,
+    /// The caller's pointer and requested size.
+    p: *mut u8,
+    size: usize,
+}
+
+/// A block of `n` bytes aligned to `align` (a power of two): fresh bytes
+/// are 0xCD, or zero if `zero`. Null when out of memory.
+pub fn alloc(heap: &mut Heap, n: usize, align: usize, zero: bool) -> Result<*mut u8, Fault> {
+    let front = align.max(MIN_FRONT);
+    // Room for one byte at least, so that realloc(malloc(0), 1) stays put.
+    let Some(total) = n.max(1).checked_add(front + TAIL).filter(|&t| t <= MAX_REQUEST) else {
+        return Ok(core::ptr::null_mut());
+    };
+    let block = heap.alloc_aligned(align, total);
+    if block.ptr.is_null() {
+        return heap.take_fault().map_or(Ok(core::ptr::null_mut()), Err);
+    }
+    let base = block.ptr;
+    let usable = heap.usable_size(base)?;
+    // SAFETY: the heap block holds `usable >= front + n + TAIL` bytes.
+    unsafe {
+        let p = base.add(front);
+        base.cast::<usize>().write(p as usize);
+        base.cast::<usize>().add(1).write(0); // never the heap's free-block key
+        p.sub(HEADER).cast::<usize>().write(n);
+        p.sub(8).write_bytes(GUARD, 8);
+        p.write_bytes(if zero { 0 } else { FRESH }, n);
+        p.add(n).write_bytes(GUARD, usable - front - n);
+        Ok(p)
+    }
+}
+
+/// Frees the debug block `p`; with `sized`, the (size, alignment) that
+/// `free_sized` or `free_aligned_sized` were given.
+pub fn free(heap: &mut Heap, p: *mut u8, sized: Option<(usize, usize)>) -> Result<(), Fault> {
+    let live = locate(heap, p)?;
+    if let Some((size, align)) = sized {
+        if !align.is_power_of_two() || p as usize % align != 0 {
+            return Err(Fault::WrongAlignment { align });
+        }
+        if size != live.size {
+            return Err(Fault::WrongRequestedSize { size, requested: live.size });
+        }
+    }
+    // SAFETY: `locate` vouched for the header and the block's extent.
+    unsafe {
+        live.p.write_bytes(DEAD, live.size);
+        live.p.sub(8).write_bytes(DEAD, 8);
+    }
+    let limit = config::get().debug_quarantine;
+    if limit == 0 {
+        return heap.free(live.base);
+    }
+    heap.quarantine.push(live.base as usize, p as usize, live.usable);
+    while heap.quarantine.bytes > limit || heap.quarantine.len == QUARANTINE_ENTRIES {
+        let Some((base, q)) = heap.quarantine.pop() else { break };
+        let usable = heap.usable_size(base as *mut u8)?;
+        heap.quarantine.bytes -= usable;
+        check_poison(q as *mut u8)?;
+        heap.free(base as *mut u8)?;
+    }
+    Ok(())
+}
+
+/// Gives every quarantined block back to the heap (for `malloc_trim`),
+/// checking it for writes after free.
+pub fn flush(heap: &mut Heap) -> Result<(), Fault> {
+    while let Some((base, q)) = heap.quarantine.pop() {
+        heap.quarantine.bytes = heap.quarantine.bytes.saturating_sub(heap.usable_size(base as *mut u8)?);
+        check_poison(q as *mut u8)?;
+        heap.free(base as *mut u8)?;
+    }
+    Ok(())
+}
+
+/// The requested size of the debug block `p`.
+pub fn usable_size(heap: &Heap, p: *mut u8) -> Result<usize, Fault> {
+    Ok(locate(heap, p)?.size)
+}
+
+/// `realloc` of the debug block `p` to `n > 0` bytes: in place while the
+/// heap block has room (new bytes 0xCD, guards moved), else a new block
+/// (null when out of memory, the old one then intact).
+pub fn realloc(heap: &mut Heap, p: *mut u8, n: usize) -> Result<*mut u8, Fault> {
+    let old = locate(heap, p)?;
+    let front = p as usize - old.base as usize;
+    if n <= old.usable - front - TAIL {
+        // SAFETY: p .. p + n + TAIL lies in the heap block.
+        unsafe {
+            p.sub(HEADER).cast::<usize>().write(n);
+            if n > old.size {
+                p.add(old.size).write_bytes(FRESH, n - old.size);
+            }
+            p.add(n).write_bytes(GUARD, old.usable - front - n);
+        }
+        return Ok(p);
+    }
+    // realloc promises the fundamental alignment only, as glibc's.
+    let q = alloc(heap, n, 1, false)?;
+    if !q.is_null() {
+        // SAFETY: both blocks are live and distinct; each holds its size.
+        unsafe { core::ptr::copy_nonoverlapping(p, q, n.min(old.size)) };
+        free(heap, p, None)?;
+    }
+    Ok(q)
+}
+
+/// Checks every live block's guards and every quarantined block's poison.
+/// Returns the first fault and the block it concerns.
+pub fn check(heap: &Heap) -> Result<(), (Fault, *mut u8)> {
+    let mut result = Ok(());
+    heap.for_each_live_block(|base, usable, class_size| {
+        if result.is_err() {
+            return;
+        }
+        // SAFETY: a live heap block, whose first word the debug layer set
+        // to its pointer (checked before use).
+        let p = unsafe { base.cast::<usize>().read() } as *mut u8;
+        let front = (p as usize).wrapping_sub(base as usize);
+        if !front.is_power_of_two() || front < MIN_FRONT || front + TAIL > usable {
+            // The block's first word, written by `alloc`, was overwritten.
+            // SAFETY: a live heap block holds at least 16 bytes.
+            let found = unsafe { base.cast::<[u8; 8]>().read() };
+            result = Err((Fault::Underflow { size: 0, found }, base));
+            return;
+        }
+        // SAFETY: p lies inside the block (checked above).
+        let guard = unsafe { p.sub(8).cast::<[u8; 8]>().read() };
+        let checked =
+            if guard == [DEAD; 8] { check_poison(p) } else { check_guards(base, (usable, class_size), p).map(|_| ()) };
+        if let Err(fault) = checked {
+            result = Err((fault, p));
+        }
+    });
+    result
+}
+
+/// The live debug block at `p`, its guards checked.
+fn locate(heap: &Heap, p: *mut u8) -> Result<Live, Fault> {
+    let addr = p as usize;
+    if addr % 16 != 0 {
+        return Err(Fault::InvalidPointer);
+    }
+    // The heap block starts `front` bytes before p: 32, or the requested
+    // alignment, which p then has. No other block starts in between (it
+    // is all one block), so the first block start found is the one.
+    // A large block freed lately only says so much (its memory may be
+    // mapped again), so the scan goes on past one.
+    let min_shift = MIN_FRONT.trailing_zeros();
+    let mut verdict = Fault::InvalidPointer;
+    for shift in min_shift..=addr.trailing_zeros().clamp(min_shift, 47) {
+        let base = addr.wrapping_sub(1 << shift) as *mut u8;
+        match heap.block_info(base) {
+            Ok(info) => {
+                // SAFETY: a live heap block holds at least 16 bytes; its
+                // first word names the debug block `alloc` put in it.
+                if unsafe { base.cast::<usize>().read() } != addr {
+                    return Err(Fault::InvalidPointer);
+                }
+                let size = check_guards(base, info, p)?;
+                return Ok(Live { base, usable: info.0, p, size });
+            }
+            Err(Fault::InvalidPointer) => {}
+            Err(freed @ Fault::Freed { class_size: 0 }) => verdict = freed,
+            Err(fault) => return Err(fault),
+        }
+    }
+    Err(verdict)
+}
+
+/// Checks the header and trailing guards of the debug block `p` in the
+/// heap block `base` (live, of `usable` bytes and `class_size`); returns
+/// the requested size.
+fn check_guards(base: *mut u8, (usable, class_size): (usize, usize), p: *mut u8) -> Result<usize, Fault> {
+    let front = p as usize - base as usize;
+    if front + TAIL > usable {
+        return Err(Fault::InvalidPointer);
+    }
+    // SAFETY: front >= MIN_FRONT, so the header lies inside the block.
+    let (size, guard) = unsafe { (p.sub(HEADER).cast::<usize>().read(), p.sub(8).cast::<[u8; 8]>().read()) };
+    if guard == [DEAD; 8] {
+        return Err(Fault::Freed { class_size });
+    }
+    let room = usable - front - TAIL;
+    if guard != [GUARD; 8] || size > room {
+        return Err(Fault::Underflow { size, found: guard });
+    }
+    // SAFETY: p + size .. base + usable lies inside the block.
+    let tail = unsafe { core::slice::from_raw_parts(p.add(size), usable - front - size) };
+    if let Some(bad) = tail.iter().position(|&b| b != GUARD) {
+        let start = bad - bad % 8;
+        return Err(Fault::Overflow { size, offset: size + start, found: eight(tail, start, GUARD) });
+    }
+    Ok(size)
+}
+
+/// Eight bytes of `bytes` from `start` (`pad` beyond its end).
+fn eight(bytes: &[u8], start: usize, pad: u8) -> [u8; 8] {
+    let mut found = [pad; 8];
+    for (slot, &b) in found.iter_mut().zip(bytes.get(start..).unwrap_or_default()) {
+        *slot = b;
+    }
+    found
+}
+
+/// Checks that the quarantined block `p` is still all 0xDD.
+fn check_poison(p: *mut u8) -> Result<(), Fault> {
+    // SAFETY: quarantined blocks keep their header and bytes until freed.
+    let size = unsafe { p.sub(HEADER).cast::<usize>().read() };
+    // SAFETY: as above.
+    let bytes = unsafe { core::slice::from_raw_parts(p, size) };
+    if let Some(bad) = bytes.iter().position(|&b| b != DEAD) {
+        let start = bad - bad % 8;
+        return Err(Fault::WriteAfterFree { block: p, size, offset: start, found: eight(bytes, start, DEAD) });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn heap() -> Box<Heap> {
+        Box::new(Heap::new())
+    }
+
+    #[test]
+    fn blocks_keep_alignment_size_and_fill() {
+        let mut heap = heap();
+        for align in [1, 16, 32, 64, 4096, 1 << 17, 1 << 20] {
+            for n in [0, 1, 48, 511, 4000, 200_000] {
+                let p = alloc(&mut heap, n, align, false).unwrap();
+                assert_eq!(p as usize % align.max(16), 0, "{n} aligned {align}");
+                assert_eq!(usable_size(&heap, p).unwrap(), n);
+                // SAFETY: a live debug block of n bytes.
+                let bytes = unsafe { core::slice::from_raw_parts(p, n) };
+                assert!(bytes.iter().all(|&b| b == FRESH));
+                let z = alloc(&mut heap, n, align, true).unwrap();
+                // SAFETY: as above.
+                assert!(unsafe { core::slice::from_raw_parts(z, n) }.iter().all(|&b| b == 0));
+                check(&heap).unwrap();
+                free(&mut heap, p, Some((n, align))).unwrap();
+                free(&mut heap, z, None).unwrap();
+            }
+        }
+        heap.check().unwrap();
+    }
+
+    #[test]
+    fn guards_catch_overflow_underflow_and_double_free() {
+        let mut heap = heap();
+        let p = alloc(&mut heap, 40, 1, false).unwrap();
+        // SAFETY: one byte past the block: the guard, ours to corrupt here.
+        unsafe { p.add(40).write(0x41) };
+        let overflow = Fault::Overflow { size: 40, offset: 40, found: [0x41, GUARD, GUARD, GUARD, GUARD, GUARD, GUARD, GUARD] };
+        assert_eq!(check(&heap), Err((overflow, p)));
+        assert_eq!(free(&mut heap, p, None), Err(overflow));
+        // SAFETY: as above.
+        unsafe { p.add(40).write(GUARD) };
+        // SAFETY: the byte before the block.
+        unsafe { p.sub(1).write(0x42) };
+        let underflow = Fault::Underflow { size: 40, found: [GUARD, GUARD, GUARD, GUARD, GUARD, GUARD, GUARD, 0x42] };
+        assert_eq!(realloc(&mut heap, p, 100), Err(underflow));
+        // SAFETY: as above.
+        unsafe { p.sub(1).write(GUARD) };
+        let q = realloc(&mut heap, p, 30).unwrap();
+        assert_eq!(q, p, "shrinking stays in place");
+        free(&mut heap, q, None).unwrap();
+        assert!(matches!(free(&mut heap, q, None), Err(Fault::Freed { .. })));
+        assert_eq!(free(&mut heap, q.wrapping_add(16), None), Err(Fault::InvalidPointer));
+        heap.check().unwrap();
+    }
+}
