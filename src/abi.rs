@@ -10,9 +10,10 @@ use core::ptr;
 
 use crate::config;
 use crate::debug::{self, fatal};
-use crate::geometry::{MIN_ALIGN, PAGE_SIZE};
 use crate::debug_mode;
+use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE};
 use crate::heap::{Block, Fault, HEAP, Heap, HeapGuard, Resize};
+use crate::size_class::class_of;
 use crate::os::set_errno;
 use crate::report;
 use crate::stats::{ChunkWriter, Snapshot, Totals, write_fd};
@@ -55,6 +56,46 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
         }
     }
     block
+}
+
+/// `malloc`: the fast path (`Heap::alloc_fast`) when the lock is free
+/// and the options are resolved (without the debug mode), else the
+/// general one.
+#[inline(always)]
+fn malloc_fast(n: usize) -> *mut c_void {
+    if n <= MEDIUM_MAX && config::fast_paths() {
+        if let Some(mut heap) = HEAP.try_lock() {
+            let p = heap.alloc_fast(class_of(n));
+            if !p.is_null() {
+                return p.cast();
+            }
+        }
+    }
+    alloc_general(n, "malloc")
+}
+
+#[inline(never)]
+fn alloc_general(n: usize, function: &str) -> *mut c_void {
+    alloc(n, function)
+}
+
+/// `free`: the fast path (`Heap::free_fast`) as for `malloc_fast`, else
+/// the general one.
+#[inline(always)]
+fn free_fast(p: *mut c_void, function: &str) {
+    if config::fast_paths() {
+        if let Some(mut heap) = HEAP.try_lock() {
+            if p.is_null() || heap.free_fast(p.cast()) {
+                return;
+            }
+        }
+    }
+    release_general(p, function)
+}
+
+#[inline(never)]
+fn release_general(p: *mut c_void, function: &str) {
+    release(p, function)
 }
 
 /// A block of `n` bytes for `function`, or null with ENOMEM.
@@ -220,13 +261,13 @@ fn pvalloc_impl(n: usize) -> *mut c_void {
 /// C `malloc`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    alloc(size, "malloc")
+    malloc_fast(size)
 }
 
 /// C `free`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn free(p: *mut c_void) {
-    release(p, "free")
+    free_fast(p, "free")
 }
 
 /// C23 sized deallocation: `free` of a block allocated for `size` bytes
@@ -260,7 +301,7 @@ fn release_sized(p: *mut c_void, size: usize, align: usize, function: &str) {
 /// Old name of `free`, still exported by glibc.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn cfree(p: *mut c_void) {
-    release(p, "free")
+    free_fast(p, "free")
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
@@ -325,12 +366,12 @@ pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
-    alloc(size, "malloc")
+    malloc_fast(size)
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn __libc_free(p: *mut c_void) {
-    release(p, "free")
+    free_fast(p, "free")
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]

@@ -59,16 +59,16 @@ impl Arena {
         1 << self.pool_shift
     }
 
-    /// The header of the pool holding `addr` (which lies in `arena`), or
-    /// None if that pool was never born.
+    /// The header of the pool holding `addr`, or None if that pool was
+    /// never born or `addr` lies outside the arena.
     ///
     /// # Safety
-    /// `arena` must be a live descriptor whose arena contains `addr`.
+    /// `arena` must be a live descriptor.
     #[inline(always)]
     pub unsafe fn pool_at(arena: *mut Arena, addr: usize) -> Option<*mut Pool> {
         // SAFETY: the caller guarantees `arena` is live.
         let (base, shift, born) = unsafe { ((*arena).base as usize, (*arena).pool_shift, (*arena).next_unused) };
-        let index = (addr - base) >> shift;
+        let index = addr.wrapping_sub(base) >> shift;
         if index >= born as usize {
             return None;
         }

@@ -30,8 +30,9 @@ const LEAF_LEN: usize = 1 << LEAF_BITS;
 
 type Leaf = [usize; LEAF_LEN];
 
-/// Low bit of an entry: set for a large block, clear for an arena.
-const LARGE_TAG: usize = 1;
+/// Low bit of an entry: set for an arena, clear for a large block (so
+/// that `arena_of`, on the path of every `free`, tests one bit).
+const ARENA_TAG: usize = 1;
 
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 pub enum Owner {
@@ -42,16 +43,16 @@ pub enum Owner {
 impl Owner {
     fn encode(self) -> usize {
         match self {
-            Owner::Arena(a) => a as usize,
-            Owner::Large(l) => l as usize | LARGE_TAG,
+            Owner::Arena(a) => a as usize | ARENA_TAG,
+            Owner::Large(l) => l as usize,
         }
     }
 
     fn decode(entry: usize) -> Option<Owner> {
         match entry {
             0 => None,
-            e if e & LARGE_TAG != 0 => Some(Owner::Large((e & !LARGE_TAG) as *mut LargeBlock)),
-            e => Some(Owner::Arena(e as *mut Arena)),
+            e if e & ARENA_TAG != 0 => Some(Owner::Arena((e - ARENA_TAG) as *mut Arena)),
+            e => Some(Owner::Large(e as *mut LargeBlock)),
         }
     }
 }
@@ -87,6 +88,29 @@ impl ArenaMap {
         // SAFETY: a non-null root entry is a leaf mapped by `entry_mut`,
         // never unmapped, and `lo < LEAF_LEN`.
         Owner::decode(unsafe { (*leaf)[lo] })
+    }
+
+    /// The arena owning the granule of `addr`, or null (no owner, or a
+    /// large block): `get` for the fast path of `free`. An address beyond
+    /// 48 bits is not rejected but masked into the map: the arena it may
+    /// find does not contain it, which the caller's `Arena::pool_at`
+    /// detects.
+    #[inline(always)]
+    pub fn arena_of(&self, addr: usize) -> *mut Arena {
+        let key = addr >> GRANULE_SHIFT;
+        // SAFETY: the mask keeps the index inside the root.
+        let leaf = unsafe { *self.root.get_unchecked((key >> LEAF_BITS) & ((1 << ROOT_BITS) - 1)) };
+        if leaf.is_null() {
+            return ptr::null_mut();
+        }
+        // SAFETY: as in `get`; the mask keeps the index inside the leaf.
+        let entry = unsafe { *(*leaf).get_unchecked(key & (LEAF_LEN - 1)) };
+        if entry & ARENA_TAG == 0 {
+            return ptr::null_mut();
+        }
+        // SAFETY: a tagged entry encodes a live descriptor, never null.
+        unsafe { core::hint::assert_unchecked(entry != ARENA_TAG) };
+        (entry - ARENA_TAG) as *mut Arena
     }
 
     /// Records `owner` for every granule of `start..start+len`; false (and

@@ -251,6 +251,14 @@ unsafe impl Sync for Cell {}
 
 static OPTIONS: Cell = Cell(UnsafeCell::new(Options::DEFAULT));
 
+/// Whether `malloc` and `free` may take their fast paths: the options
+/// are resolved and the debug mode (another block layout) is off.
+#[inline(always)]
+pub fn fast_paths() -> bool {
+    // SAFETY: OPTIONS is read only once RESOLVED (see `Cell`).
+    STATE.load(Ordering::Acquire) == RESOLVED && !unsafe { (*OPTIONS.0.get()).debug }
+}
+
 /// Resolves the options if that has not happened yet.
 #[inline(always)]
 #[cfg_attr(test, allow(dead_code))] // called by the constructor

@@ -193,6 +193,49 @@ impl Heap {
         Block { ptr, zeroed }
     }
 
+    /// The fast path of `malloc` for `class`: a block from the head used
+    /// pool. Null when anything is unusual (no used pool, a corrupted
+    /// link); the caller then takes the general path (`alloc`), which
+    /// handles it all.
+    #[inline(always)]
+    pub fn alloc_fast(&mut self, class: usize) -> *mut u8 {
+        let pool = *self.used_head(class);
+        // SAFETY: pools in usedpools are live and not full.
+        let Some(pool) = (unsafe { pool.as_mut() }) else { return ptr::null_mut() };
+        let Some((block, _)) = pool.alloc(self.secret) else { return ptr::null_mut() };
+        if pool.is_full() {
+            self.unlink_used(pool);
+        }
+        block
+    }
+
+    /// The fast path of `free`: frees `p` if it is a live block of a pool
+    /// that does not become empty, and no clock tick is due. False
+    /// (nothing changed) otherwise; the caller then takes the general path
+    /// (`free`), which handles every case and reports faults.
+    #[inline(always)]
+    pub fn free_fast(&mut self, p: *mut u8) -> bool {
+        let arena = self.map.arena_of(p as usize);
+        if arena.is_null() {
+            return false;
+        }
+        // SAFETY: the map only names live arena descriptors.
+        let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
+        // SAFETY: pool_at returns only born pools of the arena.
+        let pool = unsafe { &mut *pool };
+        if pool.ref_count <= 1 || self.free_ticks <= 1 || !pool.is_live_block(p, self.secret) {
+            return false;
+        }
+        let was_full = pool.is_full();
+        // SAFETY: is_live_block vouched for p.
+        unsafe { pool.free(p, self.secret) };
+        if was_full {
+            self.link_used(pool);
+        }
+        self.free_ticks -= 1;
+        true
+    }
+
     #[cold]
     fn corrupted(&mut self, pool: &Pool) -> Block {
         self.fault = Some(pool.corrupt_link(pool.freeblock));

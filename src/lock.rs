@@ -74,9 +74,16 @@ impl FutexMutex {
     #[inline]
     pub unsafe fn unlock_strict(&self) {
         if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
-            let _keep = KeepErrno::new();
-            futex_wake_one(&self.state);
+            self.wake_one();
         }
+    }
+
+    /// Out of line, so that the fast paths that unlock stay leaf code.
+    #[cold]
+    #[inline(never)]
+    fn wake_one(&self) {
+        let _keep = KeepErrno::new();
+        futex_wake_one(&self.state);
     }
 
     #[cold]

@@ -50,6 +50,8 @@ pub struct Pool {
     /// zeroed them: blocks carved there need no clearing for `calloc`.
     pub dirty_end: u32,
     pub block_size: u32,
+    /// `class_info(class).recip`, here for `is_carved_block`.
+    pub recip: u64,
     pub class: u8,
     /// On the heap's list of empty pools whose memory is still committed
     /// (`purge::DirtyPools`), since `emptied_at` (ms).
@@ -74,6 +76,7 @@ impl Pool {
             maxnextoffset: 0,
             dirty_end,
             block_size: 0,
+            recip: 0,
             class: NO_CLASS,
             dirty_listed: false,
             dirty_prev: ptr::null_mut(),
@@ -90,9 +93,11 @@ impl Pool {
         if self.class as usize == class {
             return;
         }
-        let size = class_info(class).size;
+        let info = class_info(class);
+        let size = info.size;
         self.class = class as u8;
         self.block_size = size;
+        self.recip = info.recip;
         self.freeblock = ptr::null_mut();
         self.nextoffset = 0;
         self.maxnextoffset = pool_size as u32 - size;
@@ -174,7 +179,7 @@ impl Pool {
         if offset >= self.nextoffset as usize {
             return false;
         }
-        let index = (offset as u64 * class_info(self.class as usize).recip) >> RECIP_SHIFT;
+        let index = (offset as u64 * self.recip) >> RECIP_SHIFT;
         index * self.block_size as u64 == offset as u64
     }
 
