@@ -163,3 +163,16 @@ misuse_tests! {
     free_aligned_sized_misaligned => "free-aligned-sized-misaligned";
     free_aligned_sized_wrong_size => "free-aligned-sized-wrong-size";
 }
+
+/// Random misuse after random allocations (`random-SEED` in misuse.c):
+/// seeds 1..=N, N from PYMALLOC_FUZZ_SEEDS (default 25), in both modes.
+#[test]
+fn random_misuse() {
+    let seeds: u64 = std::env::var("PYMALLOC_FUZZ_SEEDS").ok().and_then(|s| s.parse().ok()).unwrap_or(25);
+    for seed in 1..=seeds {
+        let case = format!("random-{seed}");
+        let config = if seed % 2 == 0 { Config::Preload } else { Config::Linked };
+        run_case(&case, config, &[]);
+        run_case(&case, config, DEBUG);
+    }
+}

@@ -80,6 +80,70 @@ static void expect_write_after_free(void *block, size_t n, const void *bytes) {
     malloc_trim(0);
 }
 
+/* "random-SEED": a few hundred random allocations and frees, then one
+   misuse of a random kind on a random block. */
+static uint64_t rng;
+static size_t below(size_t n) {
+    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
+    return rng % n;
+}
+static size_t random_size(void) {
+    size_t r = below(100);
+    return r < 70 ? below(513) : r < 95 ? 513 + below(128 * 1024) : 128 * 1024 + below(2 << 20);
+}
+
+static void random_misuse(uint64_t seed) {
+    enum { N = 64 };
+    static char *p[N];
+    static size_t n[N];
+    rng = seed * 0x9e3779b97f4a7c15ull + 12345;
+    for (int op = 0; op < 400; op++) {
+        int k = (int)below(N);
+        if (p[k]) free(p[k]);
+        n[k] = random_size();
+        p[k] = malloc(opaque(n[k]));
+        CHECK(p[k], "malloc(%zu)", n[k]);
+        memset(p[k], (int)k, n[k]);
+    }
+    int k = (int)below(N);
+    char *b = p[k];
+    size_t size = n[k];
+    switch (below(6)) {
+    case 0:
+        free(b);
+        expect("free(): double free of %p, %s", (void *)b, class_of(size));
+        free(b);
+        break;
+    case 1:
+        free_sized(b, size);
+        expect("free_sized(): double free of %p, %s", (void *)b, class_of(size));
+        free_sized(b, size);
+        break;
+    case 2:
+        free(b);
+        expect("realloc(): pointer to a freed block %p, %s", (void *)b, class_of(size));
+        b = realloc(b, opaque(size + 1));
+        break;
+    case 3:
+        free(b);
+        expect("malloc_usable_size(): pointer to a freed block %p, %s", (void *)b, class_of(size));
+        malloc_usable_size(b);
+        break;
+    case 4: {
+        char *inner = b + 16 * (1 + below(3)); /* past the end of a small block: still wrong */
+        expect("free(): invalid pointer %p", (void *)inner);
+        free(inner);
+        break;
+    }
+    default: {
+        size_t wrong = malloc_usable_size(b) + 1 + below(100);
+        if (debug) expect("free_sized(): wrong size %zu for block %p of %zu bytes", wrong, (void *)b, size);
+        else expect("free_sized(): wrong size %zu for block %p, %s", wrong, (void *)b, class_of(size));
+        free_sized(b, wrong);
+    }
+    }
+}
+
 int main(int argc, char **argv) {
     CHECK(argc == 2, "usage: misuse CASE");
     const char *c = argv[1];
@@ -264,6 +328,8 @@ int main(int argc, char **argv) {
         expect("pymalloc_check_heap(): write after free in block %p of 100000 bytes: at offset 4096: %s",
                p, hex8(p + 4096));
         if (pymalloc_check_heap() != 0) abort();
+    } else if (!strncmp(c, "random-", 7)) {
+        random_misuse(strtoull(c + 7, NULL, 0));
     } else {
         CHECK(0, "unknown case %s", c);
     }
