@@ -1,37 +1,70 @@
 //! The global lock (the "GIL"): a futex mutex behind `parking_lot`'s
-//! `lock_api::RawMutex`.
+//! `lock_api::RawMutex`, whose lock word names its owner.
 //!
-//! Uncontended, `lock` is one compare-and-swap and `unlock` one swap. A
-//! contended `lock` spins briefly, then sleeps in `futex(FUTEX_WAIT)`; the
-//! unlocker wakes one sleeper when the state says someone may be asleep
-//! (Drepper, "Futexes Are Tricky", mutex #3).
+//! # The word
+//!
+//! ```text
+//!  state: usize = 0                  unlocked
+//!               = tp                 held by the thread whose thread pointer is tp
+//!               = tp | CONTENDED     held, and a thread may sleep on it
+//! ```
+//!
+//! `tp` is the thread pointer (`%fs:0` on x86_64, `tpidr_el0` on
+//! aarch64): the ABI guarantees it is set before any user code runs,
+//! unique among live threads, constant for the thread's life and at least
+//! 16-byte aligned, so bit 0 is free for the flag. Reading it is one
+//! instruction: no libc call, no thread-local storage.
+//!
+//! Uncontended, `lock` is one compare-and-swap (0 -> tp) and `unlock` one
+//! swap (-> 0). Because the owner is written by the very instruction that
+//! takes the lock, "is this thread the holder?" has an exact answer at
+//! every instant, even from a signal handler that interrupted the holder
+//! between two instructions. `fork` relies on this (see `fork`).
+//!
+//! # Contention, and why no wake-up is lost
+//!
+//! A contended `lock` spins briefly, then sets `CONTENDED` in the word
+//! and sleeps in `futex(FUTEX_WAIT)` on its low 32 bits (the futex word;
+//! the target is little-endian), expecting them to still read
+//! `low32(owner | CONTENDED)`. The kernel compares and enqueues
+//! atomically, so the sleeper either sees a different value and retries,
+//! or is queued while the word has `CONTENDED` set. A word with the flag
+//! set belongs to a holder whose `unlock` will see the flag and wake one
+//! sleeper; truncating to 32 bits only matters if another owner with the
+//! same low bits holds the word with the flag set, and that owner wakes
+//! on unlock just the same. A thread that slept acquires with `CONTENDED`
+//! set (it cannot know whether others still sleep), so each woken thread
+//! passes the wake-up on (Drepper, "Futexes Are Tricky", mutex #3).
+//!
+//! # Single thread
 //!
 //! While the process has a single thread (glibc's `__libc_single_threaded`,
 //! which `pthread_create` clears, for good, before the second thread
-//! exists) nobody can contend, so `lock` takes nothing and `unlock` releases
-//! nothing: no atomic operation at all, as glibc's own malloc does. The
-//! guard records which kind of acquisition it was. `fork` handlers use
-//! `lock_strict`, which always takes the lock.
+//! exists) nobody can contend, so `lock` takes nothing and `unlock`
+//! releases nothing: no atomic operation at all, as glibc's own malloc
+//! does. The guard records which kind of acquisition it was. `fork`'s
+//! handlers use `lock_strict`, which always takes the lock.
 //!
-//! Why not `parking_lot::RawMutex`: its slow path parks through
-//! `parking_lot_core`, which allocates its hash table and uses
-//! `thread_local!` storage, i.e. calls `malloc` (this library) and
-//! `__tls_get_addr` while we hold this very lock. The path below makes
-//! only `futex` system calls and touches no memory but `state`.
+//! # Why not `parking_lot::RawMutex`
+//!
+//! Its slow path parks through `parking_lot_core`, which allocates its
+//! hash table and uses `thread_local!` storage, i.e. calls `malloc` (this
+//! library) and `__tls_get_addr` while we hold this very lock. The path
+//! below makes only `futex` system calls through `syscall(2)` (which
+//! touches nothing but `errno`, saved and restored around it), and
+//! touches no memory but `state` and the stack.
 
 use core::ffi::c_char;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, Ordering};
+use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
 use parking_lot::lock_api::RawMutex;
 
 use crate::os::KeepErrno;
 
-const UNLOCKED: u32 = 0;
-/// Held, and nobody sleeps on it.
-const LOCKED: u32 = 1;
-/// Held, and a thread may sleep on it: unlock must wake one.
-const CONTENDED: u32 = 2;
+const UNLOCKED: usize = 0;
+/// Set in a held word when a thread may sleep on it: unlock must wake one.
+const CONTENDED: usize = 1;
 
 /// Spins before sleeping: a heap operation is short, so the holder is
 /// usually done within this many pause loops.
@@ -43,15 +76,37 @@ unsafe extern "C" {
 }
 
 #[inline(always)]
-fn single_threaded() -> bool {
+pub fn single_threaded() -> bool {
     // SAFETY: a byte of glibc's, written only by the process's only thread
     // (in pthread_create, before the second thread exists), so reading it
     // cannot race with a write that matters to this thread.
     unsafe { ptr::addr_of!(__libc_single_threaded).read() != 0 }
 }
 
+/// This thread's thread pointer: non-zero, 16-byte aligned, distinct from
+/// every other live thread's.
+#[inline(always)]
+fn thread_pointer() -> usize {
+    let tp: usize;
+    // SAFETY: reads the thread pointer register (the TCB's self pointer at
+    // %fs:0 on x86_64, which the TLS ABI guarantees); no memory is written.
+    #[cfg(target_arch = "x86_64")]
+    unsafe {
+        core::arch::asm!("mov {}, fs:0", out(reg) tp, options(nostack, readonly, preserves_flags))
+    };
+    // SAFETY: reads a system register, no memory access.
+    #[cfg(target_arch = "aarch64")]
+    unsafe {
+        core::arch::asm!("mrs {}, tpidr_el0", out(reg) tp, options(nomem, nostack, preserves_flags))
+    };
+    tp
+}
+
+#[cfg(not(any(target_arch = "x86_64", target_arch = "aarch64")))]
+compile_error!("the lock needs the thread pointer: add this architecture to `thread_pointer`");
+
 pub struct FutexMutex {
-    state: AtomicU32,
+    state: AtomicUsize,
 }
 
 /// How a `lock` was taken: `Held(false)` when it was elided because the
@@ -62,8 +117,9 @@ impl FutexMutex {
     /// Takes the lock whatever the thread count (for `fork`'s handlers).
     #[inline]
     pub fn lock_strict(&self) {
-        if self.state.compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_err() {
-            self.lock_contended();
+        let tp = thread_pointer();
+        if self.state.compare_exchange(UNLOCKED, tp, Ordering::Acquire, Ordering::Relaxed).is_err() {
+            self.lock_contended(tp);
         }
     }
 
@@ -73,7 +129,7 @@ impl FutexMutex {
     /// The lock must be held through `lock_strict` by this thread.
     #[inline]
     pub unsafe fn unlock_strict(&self) {
-        if self.state.swap(UNLOCKED, Ordering::Release) == CONTENDED {
+        if self.state.swap(UNLOCKED, Ordering::Release) & CONTENDED != 0 {
             self.wake_one();
         }
     }
@@ -83,44 +139,80 @@ impl FutexMutex {
     #[inline(never)]
     fn wake_one(&self) {
         let _keep = KeepErrno::new();
-        futex_wake_one(&self.state);
+        futex_wake_one(self.futex_word());
+    }
+
+    /// Whether this thread holds the lock (taken strictly). Exact: only
+    /// this thread ever writes its own thread pointer into the word.
+    #[inline]
+    pub fn held_by_me(&self) -> bool {
+        self.state.load(Ordering::Relaxed) & !CONTENDED == thread_pointer()
     }
 
     #[cold]
-    fn lock_contended(&self) {
+    fn lock_contended(&self, tp: usize) {
         for _ in 0..SPIN_LIMIT {
             match self.state.load(Ordering::Relaxed) {
                 UNLOCKED => {
-                    if self.state.compare_exchange_weak(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed).is_ok() {
+                    if self.state.compare_exchange_weak(UNLOCKED, tp, Ordering::Acquire, Ordering::Relaxed).is_ok() {
                         return;
                     }
                 }
-                LOCKED => core::hint::spin_loop(),
+                s if s & CONTENDED == 0 => core::hint::spin_loop(),
                 _ => break, // others are already asleep: queue up behind them
             }
         }
         // futex sets errno on EAGAIN/EINTR; malloc and free must not.
         let _keep = KeepErrno::new();
-        while self.state.swap(CONTENDED, Ordering::Acquire) != UNLOCKED {
-            futex_wait(&self.state, CONTENDED);
+        let mut seen = self.state.load(Ordering::Relaxed);
+        loop {
+            if seen == UNLOCKED {
+                // Taken with the flag: others may still sleep (see the
+                // module docs), so our unlock must wake one.
+                match self.state.compare_exchange(UNLOCKED, tp | CONTENDED, Ordering::Acquire, Ordering::Relaxed) {
+                    Ok(_) => return,
+                    Err(now) => seen = now,
+                }
+                continue;
+            }
+            if seen & CONTENDED == 0 {
+                if let Err(now) =
+                    self.state.compare_exchange(seen, seen | CONTENDED, Ordering::Relaxed, Ordering::Relaxed)
+                {
+                    seen = now;
+                    continue;
+                }
+            }
+            futex_wait(self.futex_word(), (seen | CONTENDED) as u32);
+            seen = self.state.load(Ordering::Relaxed);
         }
     }
 
-    /// Makes the lock free again in a child process after `fork`: the
-    /// thread that held it in the parent does not exist in the child.
-    pub fn reset_after_fork(&self) {
-        self.state.store(UNLOCKED, Ordering::Relaxed);
+    /// The futex word: the low 32 bits of `state`.
+    fn futex_word(&self) -> *const AtomicU32 {
+        const { assert!(cfg!(target_endian = "little")) };
+        self.state.as_ptr().cast::<AtomicU32>()
+    }
+
+    /// In a child process after `fork`: the lock stays held if this thread
+    /// (the child's only one) held it, else it is made free, since the
+    /// thread that held it in the parent does not exist here. The flag is
+    /// dropped: nobody sleeps on the child's copy of the word.
+    pub fn reset_after_fork(&self, keep_mine: bool) {
+        let value = if keep_mine { thread_pointer() } else { UNLOCKED };
+        self.state.store(value, Ordering::Relaxed);
     }
 }
 
 // SAFETY: with more than one thread, `lock` returns only after moving
-// `state` from UNLOCKED to LOCKED/CONTENDED with Acquire ordering, and only
-// `unlock` (Release) moves it back, so at most one holder exists at a time.
-// With one thread there is at most one holder by construction, and the
-// thread that ends that state (pthread_create) does so between calls.
+// `state` from UNLOCKED to the caller's non-zero thread pointer (possibly
+// with the flag) with Acquire ordering, and only `unlock` (Release) moves
+// it back, so at most one holder exists at a time. With one thread there
+// is at most one holder by construction, and the thread that ends that
+// state (pthread_create) does so between calls.
 unsafe impl RawMutex for FutexMutex {
     #[allow(clippy::declare_interior_mutable_const)]
-    const INIT: FutexMutex = FutexMutex { state: AtomicU32::new(UNLOCKED) };
+    const INIT: FutexMutex = FutexMutex { state: AtomicUsize::new(UNLOCKED) };
     type Guard = Held;
 
     #[inline(always)]
@@ -138,7 +230,7 @@ unsafe impl RawMutex for FutexMutex {
             return Some(Held(false));
         }
         self.state
-            .compare_exchange(UNLOCKED, LOCKED, Ordering::Acquire, Ordering::Relaxed)
+            .compare_exchange(UNLOCKED, thread_pointer(), Ordering::Acquire, Ordering::Relaxed)
             .ok()
             .map(|_| Held(true))
     }
@@ -156,24 +248,24 @@ unsafe impl RawMutex for FutexMutex {
     }
 }
 
-fn futex_wait(word: &AtomicU32, expected: u32) {
-    // SAFETY: FUTEX_WAIT only reads `word`, a live u32; it returns at once
-    // if the word no longer holds `expected` (no lost wake-up).
+fn futex_wait(word: *const AtomicU32, expected: u32) {
+    // SAFETY: FUTEX_WAIT only reads `word`, the live low half of `state`;
+    // it returns at once if the word no longer holds `expected`.
     unsafe {
         libc::syscall(
             libc::SYS_futex,
-            word.as_ptr(),
+            word,
             libc::FUTEX_WAIT | libc::FUTEX_PRIVATE_FLAG,
             expected,
-            core::ptr::null::<libc::timespec>(),
+            ptr::null::<libc::timespec>(),
         );
     }
 }
 
-fn futex_wake_one(word: &AtomicU32) {
+fn futex_wake_one(word: *const AtomicU32) {
     // SAFETY: FUTEX_WAKE touches no memory; a stale address wakes nobody.
     unsafe {
-        libc::syscall(libc::SYS_futex, word.as_ptr(), libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
+        libc::syscall(libc::SYS_futex, word, libc::FUTEX_WAKE | libc::FUTEX_PRIVATE_FLAG, 1);
     }
 }
 
@@ -202,13 +294,41 @@ mod tests {
     }
 
     #[test]
-    fn reset_after_fork_frees_a_held_lock() {
+    fn thread_pointers_are_distinct_and_aligned() {
+        let mine = thread_pointer();
+        let other = std::thread::spawn(thread_pointer).join().unwrap();
+        assert_ne!(mine, 0);
+        assert_eq!(mine & 15, 0);
+        assert_ne!(mine, other);
+        assert_eq!(mine, thread_pointer());
+    }
+
+    #[test]
+    fn knows_its_owner() {
+        static M: Mutex<FutexMutex, ()> = Mutex::from_raw(FutexMutex::INIT, ());
+        // SAFETY: test-only access to the raw lock.
+        let raw = unsafe { M.raw() };
+        assert!(!raw.held_by_me());
+        raw.lock_strict();
+        assert!(raw.held_by_me());
+        assert!(!std::thread::spawn(|| unsafe { M.raw() }.held_by_me()).join().unwrap());
+        // SAFETY: taken above by this thread.
+        unsafe { raw.unlock_strict() };
+        assert!(!raw.held_by_me());
+    }
+
+    #[test]
+    fn reset_after_fork_frees_or_keeps() {
         static M: Mutex<FutexMutex, ()> = Mutex::from_raw(FutexMutex::INIT, ());
         // SAFETY: test-only access to the raw lock.
         let raw = unsafe { M.raw() };
         raw.lock_strict();
-        assert!(M.is_locked());
-        raw.reset_after_fork();
+        raw.reset_after_fork(false);
+        assert!(!M.is_locked());
+        raw.reset_after_fork(true);
+        assert!(raw.held_by_me());
+        // SAFETY: held by this thread, as just asserted.
+        unsafe { raw.unlock_strict() };
         assert!(!M.is_locked());
     }
 
