@@ -55,7 +55,10 @@
 //! never prints and never panics; system calls that may fail leave errno
 //! alone. Anything that may allocate (stdio in `malloc_info`, `abort`'s
 //! signal handlers, `pthread_atfork`) runs after the lock is released.
-//! `fork` takes the lock in its prepare handler (`fork`). The heap is a
+//! The lock word holds its owner's thread pointer, so "do I hold it?" has
+//! an exact answer. `fork` takes glibc's stdio list lock and then the heap
+//! lock in its prepare handler, unless a signal handler forks while its
+//! thread holds the heap lock (`fork`). The heap is a
 //! `const` static, so the first `malloc`, which can come before any
 //! constructor, needs no initialisation (`init`); it only resolves the
 //! `PYMALLOC_*` options, before taking the lock (`config`). Statistics
