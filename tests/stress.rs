@@ -109,7 +109,8 @@ fn early_initialised_first(cmd: &mut Command) -> bool {
     cmd.env("LD_DEBUG", "files");
     let r = run(std::mem::replace(cmd, Command::new("true")), TIMEOUT, "LD_DEBUG=files probe");
     let inits: Vec<&str> = r.stderr.lines().filter_map(|l| l.split_once("calling init: ").map(|(_, f)| f)).collect();
-    let pos = |name: &str| inits.iter().position(|f| f.ends_with(name));
+    // By file name: the library may be loaded as `libpymalloc.so.0`.
+    let pos = |name: &str| inits.iter().position(|f| f.rsplit('/').next().is_some_and(|n| n.starts_with(name)));
     match (pos("libearly.so"), pos("libpymalloc.so")) {
         (Some(e), Some(p)) => e < p,
         _ => panic!("no init lines for both libraries in LD_DEBUG=files output:\n{}", r.stderr),
