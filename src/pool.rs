@@ -149,7 +149,15 @@ impl Pool {
         }
         self.ref_count += 1;
         // SAFETY: offset <= maxnextoffset, so the block lies in the pool.
-        Some((unsafe { self.base.add(offset as usize) }, zeroed))
+        let block = unsafe { self.base.add(offset as usize) };
+        if !zeroed && !cfg!(feature = "unchecked") {
+            // Memory an earlier tenant of the pool wrote may hold the key
+            // where this block's second word is: clear it, or `free` would
+            // take the block for a free one and walk the free list.
+            // SAFETY: as above; every block has at least two words.
+            unsafe { block.cast::<usize>().add(1).write(0) };
+        }
+        Some((block, zeroed))
     }
 
     /// Puts a block back on the free list, marked with the free-block key.
