@@ -33,7 +33,7 @@
 //! does. The mode is fixed before the first block is served (`config`).
 
 use crate::config;
-use crate::geometry::MAX_REQUEST;
+use crate::geometry::{ARENA_SIZE, MAX_REQUEST};
 use crate::heap::{Fault, Heap};
 
 pub const GUARD: u8 = 0xFD;
@@ -109,7 +109,11 @@ pub fn alloc(heap: &mut Heap, n: usize, align: usize, zero: bool) -> Result<*mut
         base.cast::<usize>().add(1).write(0); // never the heap's free-block key
         p.sub(HEADER).cast::<usize>().write(n);
         p.sub(8).write_bytes(GUARD, 8);
-        p.write_bytes(if zero { 0 } else { FRESH }, n);
+        if !zero {
+            p.write_bytes(FRESH, n);
+        } else if !block.zeroed {
+            p.write_bytes(0, n); // memory fresh from the OS is left untouched
+        }
         p.add(n).write_bytes(GUARD, usable - front - n);
         Ok(p)
     }
@@ -247,6 +251,16 @@ fn locate(heap: &Heap, p: *mut u8) -> Result<Live, Fault> {
             }
             Err(Fault::InvalidPointer) => {}
             Err(freed @ Fault::Freed { class_size: 0 }) => verdict = freed,
+            // A freed pool block: p was its debug block if the guard that
+            // `free` turned to 0xDD is still there (the heap only writes
+            // the block's first 16 bytes). Read only within base's arena,
+            // which is mapped whole.
+            Err(freed @ Fault::Freed { .. }) => {
+                let same_arena = (addr - 8) / ARENA_SIZE == base as usize / ARENA_SIZE;
+                // SAFETY: p - 8 lies in the arena holding `base` (checked).
+                let dead = same_arena && unsafe { p.sub(8).cast::<[u8; 8]>().read() } == [DEAD; 8];
+                return Err(if dead { freed } else { Fault::InvalidPointer });
+            }
             Err(fault) => return Err(fault),
         }
     }

@@ -106,6 +106,11 @@ static void random_misuse(uint64_t seed) {
         memset(p[k], (int)k, n[k]);
     }
     int k = (int)below(N);
+    while (!p[k] || n[k] < 64) { /* a block that was allocated, with an interior */
+        n[k] = 64 + random_size();
+        p[k] = malloc(opaque(n[k]));
+        CHECK(p[k], "malloc(%zu)", n[k]);
+    }
     char *b = p[k];
     size_t size = n[k];
     switch (below(6)) {
@@ -130,7 +135,7 @@ static void random_misuse(uint64_t seed) {
         malloc_usable_size(b);
         break;
     case 4: {
-        char *inner = b + 16 * (1 + below(3)); /* past the end of a small block: still wrong */
+        char *inner = b + 16 * (1 + below(3)); /* inside the block */
         expect("free(): invalid pointer %p", (void *)inner);
         free(inner);
         break;
