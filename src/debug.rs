@@ -131,7 +131,7 @@ impl Heap {
             return Err("nfreepools disagrees with the free-pool list");
         }
         for pool in arena.pools.iter().take(arena.next_unused as usize) {
-            if pool.ref_count > 0 {
+            if pool.ref_count > 0 || self.is_kept(pool) {
                 check_pool(pool, arena, self.secret())?;
             }
         }
@@ -142,10 +142,13 @@ impl Heap {
         let mut prev: *mut Pool = core::ptr::null_mut();
         let mut cur = self.used_list(class);
         let mut n = 0usize;
+        let mut kept_seen = false;
         // SAFETY: used lists hold live pools.
         while let Some(pool) = unsafe { cur.as_ref() } {
-            if pool.class as usize != class || pool.ref_count == 0 || pool.is_full() {
-                return Err("used list holds a pool of another class, empty or full");
+            let empty_ok = self.is_kept(pool);
+            kept_seen |= empty_ok;
+            if pool.class as usize != class || (pool.ref_count == 0 && !empty_ok) || pool.is_full() {
+                return Err("used list holds a pool of another class, empty (not kept) or full");
             }
             if pool.prevpool != prev {
                 return Err("used list back link broken");
@@ -156,6 +159,12 @@ impl Heap {
             }
             prev = cur;
             cur = pool.nextpool;
+        }
+        // SAFETY: a kept pool is a live pool.
+        if let Some(kept) = unsafe { self.kept_pool(class).as_ref() } {
+            if kept.class as usize != class || (kept.ref_count == 0 && !kept_seen) {
+                return Err("kept pool of another class, or empty and not on the used list");
+            }
         }
         Ok(())
     }

@@ -98,6 +98,12 @@ pub struct Heap {
     /// Per class, the pools with blocks both in use and free, most
     /// recently refilled first.
     usedpools: [*mut Pool; NUM_CLASSES],
+    /// Per class, the pool last kept when it became empty: it stays on
+    /// the used list (ready for the next `malloc`, with its free list),
+    /// not returned to its arena, until it stays empty for the decay time
+    /// (`purge`). Only this pool may be empty on the class's used list;
+    /// once it serves blocks again it is an ordinary used pool.
+    kept: [*mut Pool; NUM_CLASSES],
     /// Mangles free-list links; drawn when the first arena is mapped.
     secret: Secret,
     tiers: [Tier; TIER_COUNT],
@@ -132,6 +138,7 @@ impl Heap {
     pub const fn new() -> Self {
         Heap {
             usedpools: [ptr::null_mut(); NUM_CLASSES],
+            kept: [ptr::null_mut(); NUM_CLASSES],
             tiers: [const { Tier::new() }; TIER_COUNT],
             free_arenas: FreeArenas::new(),
             dirty_pools: DirtyPools::new(),
@@ -210,9 +217,10 @@ impl Heap {
     }
 
     /// The fast path of `free`: frees `p` if it is a live block of a pool
-    /// that does not become empty, and no clock tick is due. False
-    /// (nothing changed) otherwise; the caller then takes the general path
-    /// (`free`), which handles every case and reports faults.
+    /// that does not become empty (or is the class's kept pool), and no
+    /// clock tick is due. False (nothing changed) otherwise; the caller
+    /// then takes the general path (`free`), which handles every case and
+    /// reports faults.
     #[inline(always)]
     pub fn free_fast(&mut self, p: *mut u8) -> bool {
         let arena = self.map.arena_of(p as usize);
@@ -223,8 +231,15 @@ impl Heap {
         let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
         // SAFETY: pool_at returns only born pools of the arena.
         let pool = unsafe { &mut *pool };
-        if pool.ref_count <= 1 || self.free_ticks <= 1 || !pool.is_live_block(p, self.secret) {
+        if self.free_ticks <= 1 || !pool.is_live_block(p, self.secret) {
             return false;
+        }
+        if pool.ref_count == 1 {
+            // The pool becomes empty: only the kept pool stays as it is.
+            if !ptr::eq(*self.kept_slot(pool.class as usize), pool) {
+                return false;
+            }
+            pool.emptied_at = self.clock;
         }
         let was_full = pool.is_full();
         // SAFETY: is_live_block vouched for p.
@@ -374,7 +389,7 @@ impl Heap {
     /// Gives back to the OS the empty pools, free arenas and cached
     /// mappings freed at or before `cutoff` (ms); true if there were any.
     pub fn purge(&mut self, cutoff: u64) -> bool {
-        let mut released = false;
+        let mut released = self.release_kept(cutoff);
         while let Some(pool) = self.dirty_pools.pop_older(cutoff) {
             // SAFETY: listed pools are empty pools of live arenas.
             unsafe {
@@ -494,6 +509,14 @@ impl Heap {
         unsafe { self.usedpools.get_unchecked_mut(class) }
     }
 
+    /// `class`'s kept pool (see `kept`).
+    #[inline(always)]
+    fn kept_slot(&mut self, class: usize) -> &mut *mut Pool {
+        debug_assert!(class < NUM_CLASSES);
+        // SAFETY: as in `used_head`.
+        unsafe { self.kept.get_unchecked_mut(class) }
+    }
+
     fn tier_mut(&mut self, tier: usize) -> &mut Tier {
         debug_assert!(tier < TIER_COUNT);
         // SAFETY: tiers come from the class table or an arena's `tier`,
@@ -554,11 +577,56 @@ impl Heap {
         pool
     }
 
+    /// A pool just became empty: kept on its used list if its class has
+    /// no empty pool there yet (a program that frees a class's last
+    /// block often allocates one again soon), else given back to its
+    /// arena.
     #[cold]
     fn pool_emptied(&mut self, pool: &mut Pool, was_full: bool) {
+        let kept = *self.kept_slot(pool.class as usize);
+        // SAFETY: a kept pool is a live pool of the class: it goes back to
+        // its arena only through `release_kept`, which forgets it.
+        if kept == pool as *mut Pool || kept.is_null() || unsafe { (*kept).ref_count } != 0 {
+            if was_full {
+                self.link_used(pool);
+            }
+            pool.emptied_at = self.clock;
+            *self.kept_slot(pool.class as usize) = pool;
+            return;
+        }
         if !was_full {
             self.unlink_used(pool);
         }
+        self.give_back(pool);
+    }
+
+    /// Gives the kept pools that have been empty since `cutoff` (ms) or
+    /// before back to their arenas, their memory back to the OS; true if
+    /// there were any.
+    fn release_kept(&mut self, cutoff: u64) -> bool {
+        let mut released = false;
+        for class in 0..NUM_CLASSES {
+            // SAFETY: kept pools are live pools of the class (see above).
+            let Some(pool) = (unsafe { self.kept[class].as_mut() }) else { continue };
+            if pool.ref_count != 0 || pool.emptied_at > cutoff {
+                continue;
+            }
+            self.unlink_used(pool);
+            self.kept[class] = ptr::null_mut();
+            if pool.dirty_end != 0 {
+                // SAFETY: the pool is empty: none of its bytes is in use.
+                unsafe { os::decommit(pool.base, (*pool.arena).pool_size()) };
+                pool.decommitted();
+            }
+            self.give_back(pool);
+            released = true;
+        }
+        released
+    }
+
+    /// Returns an empty pool, on no used list and not kept, to its arena.
+    fn give_back(&mut self, pool: &mut Pool) {
+        debug_assert!(!self.is_kept(pool));
         if pool.dirty_end != 0 {
             self.dirty_pools.push(pool, self.clock);
         }
@@ -881,6 +949,16 @@ impl Heap {
 
     pub fn used_list(&self, class: usize) -> *mut Pool {
         self.usedpools[class]
+    }
+
+    /// `class`'s kept pool, or null (see `kept`).
+    pub fn kept_pool(&self, class: usize) -> *mut Pool {
+        self.kept[class]
+    }
+
+    /// Whether `pool` is its class's kept pool (see `kept`).
+    pub fn is_kept(&self, pool: &Pool) -> bool {
+        self.kept.get(pool.class as usize).is_some_and(|&k| ptr::eq(k, pool))
     }
 
     pub fn tier(&self, tier: usize) -> &Tier {

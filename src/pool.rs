@@ -13,6 +13,9 @@
 //! empty   ref_count == 0                on its arena's free-pool list
 //! ```
 //!
+//! except that each class may keep one empty pool on its used list, for
+//! its next `malloc`, until it decays (`heap.kept`).
+//!
 //! Blocks are carved lazily (pymalloc's `nextoffset`/`maxnextoffset`): a
 //! block is taken from the free list if there is one, else from the
 //! never-used tail of the pool, so untouched memory stays untouched.

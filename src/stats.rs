@@ -116,6 +116,11 @@ impl Snapshot {
             for pool in arena.pools.iter().take(arena.next_unused as usize) {
                 let Some(class) = classes.get_mut(pool.class as usize) else { continue };
                 if pool.ref_count == 0 {
+                    // A kept empty pool is free memory held, as a free pool.
+                    if heap.is_kept(pool) {
+                        free_pools += 1;
+                        t.free_pool_bytes += arena.pool_size();
+                    }
                     continue;
                 }
                 let (used, capacity, size) =
