@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 
 use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE};
 use crate::heap::{Block, Fault, Heap, Resize};
+use crate::size_class::NUM_CLASSES;
 
 /// xorshift64*: deterministic, no dependencies.
 struct Rng(u64);
@@ -33,6 +34,15 @@ impl Rng {
 
 fn new_heap() -> Box<Heap> {
     Box::new(Heap::new())
+}
+
+/// With no block live, every arena is free but those holding the classes'
+/// kept empty pools (at most one pool per class).
+fn assert_only_kept_pools_held(heap: &Heap) {
+    // SAFETY: kept pools are live pool headers.
+    let kept = (0..NUM_CLASSES).filter(|&c| unsafe { heap.kept_pool(c).as_ref() }.is_some_and(|p| p.ref_count == 0)).count();
+    let held = heap.counters.arenas - heap.free_arena_count();
+    assert!(held <= kept, "{held} arenas in use with no live block, {kept} kept pools");
 }
 
 /// The shadow: every live block, by address, with its usable size and the
@@ -166,7 +176,7 @@ fn run_model(seed: u64, steps: usize) {
         heap.free(addr as *mut u8).unwrap();
     }
     heap.check().unwrap();
-    assert_eq!(heap.free_arena_count(), heap.counters.arenas, "arenas in use after freeing everything");
+    assert_only_kept_pools_held(&heap);
     assert_eq!(heap.counters.large_blocks, 0);
     heap.trim();
     assert_eq!(heap.counters.arenas, 0);
@@ -336,7 +346,7 @@ fn empty_arenas_go_back_to_the_os() {
         }
         heap.check().unwrap();
     }
-    assert_eq!(heap.free_arena_count(), heap.counters.arenas, "every arena of {peak} should be free");
+    assert_only_kept_pools_held(&heap);
     // Nothing goes back before it is old enough; then everything does.
     assert!(!heap.purge(0));
     assert!(heap.purge(u64::MAX));
@@ -354,7 +364,7 @@ fn freed_memory_is_reused_before_it_decays() {
         heap.free(*p).unwrap();
     }
     heap.free(big).unwrap();
-    assert_eq!(heap.free_arena_count(), arenas);
+    assert_only_kept_pools_held(&heap);
     // The same work again takes the same memory: no new arena, and the
     // cached mapping comes back.
     let again: Vec<_> = (0..10_000).map(|i| heap.alloc(16 + (i % 32) * 16).ptr).collect();
@@ -374,6 +384,36 @@ fn freed_memory_is_reused_before_it_decays() {
         heap.free(*p).unwrap();
     }
     heap.check().unwrap();
+}
+
+#[test]
+fn an_emptied_pool_is_kept_until_it_decays() {
+    let mut heap = new_heap();
+    let a = heap.alloc(48).ptr;
+    heap.free(a).unwrap();
+    // Kept: the arena stays, and the next block of the class is the same.
+    assert_eq!(heap.free_arena_count(), 0);
+    heap.check().unwrap();
+    let b = heap.alloc(48).ptr;
+    assert_eq!(a, b);
+    // A second pool of the class that empties while the kept one is empty
+    // goes back to its arena; the kept one stays.
+    let class_pool = heap.kept_pool(crate::size_class::class_of(48));
+    heap.free(b).unwrap();
+    let cap = (crate::geometry::POOL_SIZE / 48) + 1;
+    let many: Vec<_> = (0..2 * cap).map(|_| heap.alloc(48).ptr).collect();
+    heap.check().unwrap();
+    for p in &many {
+        heap.free(*p).unwrap();
+    }
+    heap.check().unwrap();
+    assert_eq!(heap.kept_pool(crate::size_class::class_of(48)), class_pool);
+    assert_only_kept_pools_held(&heap);
+    // Decay gives it back, with its arena.
+    assert!(heap.purge(u64::MAX));
+    heap.check().unwrap();
+    assert!(heap.kept_pool(crate::size_class::class_of(48)).is_null());
+    assert_eq!(heap.counters.arenas, 0);
 }
 
 #[test]
