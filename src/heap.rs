@@ -231,15 +231,17 @@ impl Heap {
         let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
         // SAFETY: pool_at returns only born pools of the arena.
         let pool = unsafe { &mut *pool };
-        if self.free_ticks <= 1 || !pool.is_live_block(p, self.secret) {
-            return false;
-        }
-        if pool.ref_count == 1 {
-            // The pool becomes empty: only the kept pool stays as it is.
-            if !ptr::eq(*self.kept_slot(pool.class as usize), pool) {
+        if pool.ref_count <= 1 {
+            // The pool may become empty: only the kept pool stays as it is,
+            // stamped for `purge` (a stamp on a pool with live blocks is
+            // harmless: it is stamped again when it becomes empty).
+            if pool.ref_count == 0 || !ptr::eq(*self.kept_slot(pool.class as usize), pool) {
                 return false;
             }
             pool.emptied_at = self.clock;
+        }
+        if self.free_ticks <= 1 || !pool.is_live_block(p, self.secret) {
+            return false;
         }
         let was_full = pool.is_full();
         // SAFETY: is_live_block vouched for p.
@@ -579,25 +581,45 @@ impl Heap {
 
     /// A pool just became empty: kept on its used list if its class has
     /// no empty pool there yet (a program that frees a class's last
-    /// block often allocates one again soon), else given back to its
-    /// arena.
+    /// block often allocates one again soon) and its arena is the most
+    /// used of its tier, else given back to its arena. Of two empty pools
+    /// the one in the fuller arena is kept. Keeping pools only in full
+    /// arenas lets the emptier ones drain and go back to the OS.
     #[cold]
     fn pool_emptied(&mut self, pool: &mut Pool, was_full: bool) {
-        let kept = *self.kept_slot(pool.class as usize);
-        // SAFETY: a kept pool is a live pool of the class: it goes back to
-        // its arena only through `release_kept`, which forgets it.
-        if kept == pool as *mut Pool || kept.is_null() || unsafe { (*kept).ref_count } != 0 {
-            if was_full {
-                self.link_used(pool);
+        let pool: *mut Pool = pool;
+        // SAFETY: `pool` is live; a kept pool is a live pool of the class:
+        // it goes back to its arena only through `release_kept` or here,
+        // both of which forget it first. A pool's arena outlives it.
+        unsafe {
+            let kept = *self.kept_slot((*pool).class as usize);
+            let arena = &*(*pool).arena;
+            let mut give = ptr::null_mut();
+            if !kept.is_null() && kept != pool && (*kept).ref_count == 0 {
+                let fuller = arena.nfreepools < (*(*kept).arena).nfreepools;
+                give = if fuller { kept } else { pool };
+            } else if kept != pool {
+                // Kept only where a new pool would come from: the tier's
+                // most used arena (or one as full).
+                let head = self.tier_mut(arena.tier as usize).usable;
+                if !head.is_null() && (*head).nfreepools < arena.nfreepools {
+                    give = pool;
+                }
             }
-            pool.emptied_at = self.clock;
-            *self.kept_slot(pool.class as usize) = pool;
-            return;
+            if give != pool {
+                if was_full {
+                    self.link_used(&mut *pool);
+                }
+                (*pool).emptied_at = self.clock;
+                *self.kept_slot((*pool).class as usize) = pool;
+            }
+            if !give.is_null() {
+                if give != pool || !was_full {
+                    self.unlink_used(&mut *give);
+                }
+                self.give_back(&mut *give);
+            }
         }
-        if !was_full {
-            self.unlink_used(pool);
-        }
-        self.give_back(pool);
     }
 
     /// Gives the kept pools that have been empty since `cutoff` (ms) or
