@@ -12,7 +12,8 @@
 //!                ┌─────┬─────┬─────┬─────┬───────────────────────────┐
 //!                │ blk │ blk │free │ blk │ never touched ...         │
 //!                └─────┴─────┴──┬──┴─────┴───────────────────────────┘
-//!                               └─► free list (link in the first word)
+//!                               └─► free list (mangled link in the first
+//!                                   word, double-free key in the second)
 //!
 //!  descriptors (slab, from mmap):  Arena { pools: [Pool; n], free-pool list, ... }
 //!                                  LargeBlock { base, len }
@@ -34,7 +35,14 @@
 //! # Invariants
 //!
 //! - A pool is unborn, used (in `usedpools[class]`), full (in no list) or
-//!   empty (on its arena's free-pool list); see `pool`.
+//!   empty (on its arena's free-pool list); see `pool`. Each class may keep
+//!   its last emptied pool on its used list until it decays, so a class
+//!   that empties and refills a pool in turn stays on the fast path.
+//! - A free block's link is stored mangled with its own address and a
+//!   per-process secret, and its second word holds a key that marks it
+//!   free (double-free detection); only these 16 bytes of a free block are
+//!   ever written; see `hardening`. `PYMALLOC_DEBUG=1` wraps every block
+//!   in guard bytes (`debug_mode`).
 //! - Each tier's usable arenas are sorted by free pools, most used first,
 //!   kept in O(1) per change; entirely free arenas leave the list; see
 //!   `arena`.
