@@ -83,9 +83,12 @@ fn alloc_general(n: usize, function: &str) -> *mut c_void {
 /// the general one.
 #[inline(always)]
 fn free_fast(p: *mut c_void, function: &str) {
+    if p.is_null() {
+        return;
+    }
     if config::fast_paths() {
         if let Some(mut heap) = HEAP.try_lock() {
-            if p.is_null() || heap.free_fast(p.cast()) {
+            if heap.free_fast(p.cast()) {
                 return;
             }
         }
