@@ -40,6 +40,9 @@ typedef struct pymalloc_stats {
     size_t bytes_mapped; /* bytes mapped */
     size_t bytes_mapped_peak; /* bytes mapped, peak */
     size_t bytes_returned; /* bytes returned to the OS */
+    size_t thread_caches; /* threads with a cache */
+    size_t thread_cache_blocks; /* blocks in thread caches */
+    size_t thread_cache_bytes; /* bytes in thread caches */
 } pymalloc_stats;
 
 

@@ -11,12 +11,13 @@ use core::ptr;
 use crate::config;
 use crate::debug::{self, fatal};
 use crate::debug_mode;
-use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE};
-use crate::heap::{Block, Fault, HEAP, Heap, HeapGuard, Resize};
-use crate::size_class::class_of;
+use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
+use crate::heap::{Block, Fault, HEAP, Heap, HeapGuard, Resize, stays_in_place};
+use crate::size_class::{self, class_of};
 use crate::os::set_errno;
 use crate::report;
 use crate::stats::{ChunkWriter, Snapshot, Totals, write_fd};
+use crate::thread_cache::{self, CACHE_MAX};
 
 /// Whether the debug mode (`debug_mode`) is on; resolves the options on
 /// the first call, so the mode is fixed before the first block is served.
@@ -64,6 +65,11 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
 #[inline(always)]
 fn malloc_fast(n: usize) -> *mut c_void {
     if n <= MEDIUM_MAX && config::fast_paths() {
+        if n <= CACHE_MAX {
+            if let Some(cache) = thread_cache::current() {
+                return cache.alloc(class_of(n), "malloc").cast();
+            }
+        }
         if let Some(mut heap) = HEAP.try_lock() {
             let p = heap.alloc_fast(class_of(n));
             if !p.is_null() {
@@ -87,6 +93,11 @@ fn free_fast(p: *mut c_void, function: &str) {
         return;
     }
     if config::fast_paths() {
+        if let Some(cache) = thread_cache::current() {
+            if cache.free(p.cast()) {
+                return;
+            }
+        }
         if let Some(mut heap) = HEAP.try_lock() {
             if heap.free_fast(p.cast()) {
                 return;
@@ -146,11 +157,32 @@ fn release(p: *mut c_void, function: &str) {
 
 fn resize(p: *mut c_void, n: usize) -> *mut c_void {
     if p.is_null() {
-        return alloc(n, "realloc");
+        return malloc_fast(n);
     }
     if n == 0 {
-        release(p, "realloc");
+        free_fast(p, "realloc");
         return ptr::null_mut();
+    }
+    // A pool block, with a thread cache: no lock unless the heap is needed.
+    if config::fast_paths() {
+        if let Some(cache) = thread_cache::current() {
+            if let Some(class) = cache.class_of_block(p.cast()) {
+                let usable = size_class::size_of(class);
+                if stays_in_place(n, usable, class) {
+                    return p;
+                }
+                let q = malloc_fast(n);
+                if q.is_null() {
+                    // A shrink may keep the old block; a growth fails.
+                    return if n <= usable { p } else { q };
+                }
+                // SAFETY: both blocks are live, distinct, and hold at least
+                // min(usable, n) bytes.
+                unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), usable.min(n)) };
+                free_fast(p, "realloc");
+                return q;
+            }
+        }
     }
     if debug_on() {
         let q = debugged("realloc", p, |heap| debug_mode::realloc(heap, p.cast(), n));
@@ -195,6 +227,16 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
     };
     if debug_on() {
         return debug_alloc(n, 1, true, "calloc");
+    }
+    if n <= SMALL_MAX && config::fast_paths() {
+        if let Some(cache) = thread_cache::current() {
+            let p = cache.alloc(class_of(n), "calloc");
+            if !p.is_null() {
+                // SAFETY: a block of at least n bytes, ours.
+                unsafe { ptr::write_bytes(p, 0, n) };
+            }
+            return p.cast();
+        }
     }
     let mut heap = HEAP.lock();
     let block = heap.alloc(n);
@@ -426,7 +468,12 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
     if debug_on() {
         debugged("malloc_trim", ptr::null_mut(), debug_mode::flush);
     }
-    HEAP.lock().trim() as c_int
+    let mut heap = HEAP.lock();
+    if let Err(fault) = thread_cache::flush_current(&mut heap) {
+        drop(heap);
+        fatal("malloc_trim", fault, ptr::null());
+    }
+    heap.trim() as c_int
 }
 
 fn snapshot() -> Snapshot {
@@ -493,7 +540,7 @@ pub extern "C" fn pymalloc_check_heap() -> c_int {
     let debug = debug_on();
     let (result, guards) = {
         let heap = HEAP.lock();
-        let result = heap.check();
+        let result = heap.check().and_then(|()| thread_cache::check_current(&heap));
         (result, if debug && result.is_ok() { debug_mode::check(&heap) } else { Ok(()) })
     };
     if let Err((fault, block)) = guards {

@@ -14,7 +14,7 @@
 use core::ptr;
 
 use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA, tier_pool_shift};
-use crate::pool::Pool;
+use crate::pool::{Pool, Shared};
 
 pub struct Arena {
     pub base: *mut u8,
@@ -24,7 +24,7 @@ pub struct Arena {
     /// Pools that are empty or unborn.
     pub nfreepools: u32,
     /// Pools `0..next_unused` have been born.
-    pub next_unused: u32,
+    pub next_unused: Shared,
     /// Bytes of the arena (from its start) that may have been written.
     pub dirty_end: usize,
     /// Empty pools, linked through `Pool::nextpool`.
@@ -49,7 +49,7 @@ impl Arena {
         self.tier = tier as u8;
         self.ntotalpools = (ARENA_SIZE >> self.pool_shift) as u32;
         self.nfreepools = self.ntotalpools;
-        self.next_unused = 0;
+        self.next_unused.set(0);
         self.freepools = ptr::null_mut();
         self.nextarena = ptr::null_mut();
         self.prevarena = ptr::null_mut();
@@ -67,7 +67,7 @@ impl Arena {
     #[inline(always)]
     pub unsafe fn pool_at(arena: *mut Arena, addr: usize) -> Option<*mut Pool> {
         // SAFETY: the caller guarantees `arena` is live.
-        let (base, shift, born) = unsafe { ((*arena).base as usize, (*arena).pool_shift, (*arena).next_unused) };
+        let (base, shift, born) = unsafe { ((*arena).base as usize, (*arena).pool_shift, (*arena).next_unused.get()) };
         let index = addr.wrapping_sub(base) >> shift;
         if index >= born as usize {
             return None;
@@ -86,8 +86,8 @@ impl Arena {
             self.freepools = unsafe { (*pool).nextpool };
             return pool;
         }
-        let index = self.next_unused as usize;
-        self.next_unused += 1;
+        let index = self.next_unused.get() as usize;
+        self.next_unused.set(index as u32 + 1);
         let size = self.pool_size();
         let offset = index * size;
         let dirty = self.dirty_end.saturating_sub(offset).min(size) as u32;

@@ -95,16 +95,24 @@ impl ArenaMap {
     /// 48 bits is not rejected but masked into the map: the arena it may
     /// find does not contain it, which the caller's `Arena::pool_at`
     /// detects.
+    ///
+    /// Takes a raw pointer and reads only the two entries on the way, so
+    /// that the thread cache may call it without the heap lock (see
+    /// `Heap::cached_class_of`): a root entry never changes once set, and
+    /// a granule's entry does not change while a block in it is live.
+    ///
+    /// # Safety
+    /// `map` points to a live map.
     #[inline(always)]
-    pub fn arena_of(&self, addr: usize) -> *mut Arena {
+    pub unsafe fn arena_of(map: *const ArenaMap, addr: usize) -> *mut Arena {
         let key = addr >> GRANULE_SHIFT;
         // SAFETY: the mask keeps the index inside the root.
-        let leaf = unsafe { *self.root.get_unchecked((key >> LEAF_BITS) & ((1 << ROOT_BITS) - 1)) };
+        let leaf = unsafe { (&raw const (*map).root).cast::<*mut Leaf>().add((key >> LEAF_BITS) & ((1 << ROOT_BITS) - 1)).read() };
         if leaf.is_null() {
             return ptr::null_mut();
         }
         // SAFETY: as in `get`; the mask keeps the index inside the leaf.
-        let entry = unsafe { *(*leaf).get_unchecked(key & (LEAF_LEN - 1)) };
+        let entry = unsafe { leaf.cast::<usize>().add(key & (LEAF_LEN - 1)).read() };
         if entry & ARENA_TAG == 0 {
             return ptr::null_mut();
         }

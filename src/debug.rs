@@ -110,14 +110,14 @@ impl Heap {
         if arena.retired {
             return Ok(());
         }
-        if arena.next_unused > arena.ntotalpools || arena.nfreepools > arena.ntotalpools {
+        if arena.next_unused.get() > arena.ntotalpools || arena.nfreepools > arena.ntotalpools {
             return Err("arena pool counts out of range");
         }
         let mut on_free_list = 0;
         let mut cur = arena.freepools;
         // SAFETY: free-pool lists hold pools of this arena's descriptor.
         while let Some(pool) = unsafe { cur.as_ref() } {
-            if pool.ref_count != 0 || !core::ptr::eq(pool.arena, arena) {
+            if pool.ref_count.get() != 0 || !core::ptr::eq(pool.arena, arena) {
                 return Err("free-pool list holds a pool in use or of another arena");
             }
             on_free_list += 1;
@@ -126,12 +126,12 @@ impl Heap {
             }
             cur = pool.nextpool;
         }
-        let unborn = arena.ntotalpools - arena.next_unused;
+        let unborn = arena.ntotalpools - arena.next_unused.get();
         if on_free_list + unborn != arena.nfreepools {
             return Err("nfreepools disagrees with the free-pool list");
         }
-        for pool in arena.pools.iter().take(arena.next_unused as usize) {
-            if pool.ref_count > 0 || self.is_kept(pool) {
+        for pool in arena.pools.iter().take(arena.next_unused.get() as usize) {
+            if pool.ref_count.get() > 0 || self.is_kept(pool) {
                 check_pool(pool, arena, self.secret())?;
             }
         }
@@ -147,7 +147,7 @@ impl Heap {
         while let Some(pool) = unsafe { cur.as_ref() } {
             let empty_ok = self.is_kept(pool);
             kept_seen |= empty_ok;
-            if pool.class as usize != class || (pool.ref_count == 0 && !empty_ok) || pool.is_full() {
+            if pool.class as usize != class || (pool.ref_count.get() == 0 && !empty_ok) || pool.is_full() {
                 return Err("used list holds a pool of another class, empty (not kept) or full");
             }
             if pool.prevpool != prev {
@@ -162,7 +162,7 @@ impl Heap {
         }
         // SAFETY: a kept pool is a live pool.
         if let Some(kept) = unsafe { self.kept_pool(class).as_ref() } {
-            if kept.class as usize != class || (kept.ref_count == 0 && !kept_seen) {
+            if kept.class as usize != class || (kept.ref_count.get() == 0 && !kept_seen) {
                 return Err("kept pool of another class, or empty and not on the used list");
             }
         }
@@ -204,7 +204,7 @@ fn check_pool(pool: &Pool, arena: &Arena, secret: Secret) -> Result<(), &'static
     if (pool.class as usize) >= NUM_CLASSES || class_info(pool.class as usize).tier != arena.tier {
         return Err("pool serves a class of another tier");
     }
-    if pool.ref_count > pool.capacity() || pool.nextoffset > pool.maxnextoffset + pool.block_size {
+    if pool.ref_count.get() > pool.capacity() || pool.nextoffset.get() > pool.maxnextoffset + pool.block_size {
         return Err("pool counts out of range");
     }
     if !pool.freeblock.is_null() && !pool.is_carved_block(pool.freeblock as usize) {
@@ -213,7 +213,7 @@ fn check_pool(pool: &Pool, arena: &Arena, secret: Secret) -> Result<(), &'static
     let free = pool
         .walk_free_list(secret, |_| {})
         .map_err(|_| "free list link corrupted (outside its pool, or a cycle)")?;
-    if Some(pool.ref_count + free) != pool.nextoffset.checked_div(pool.block_size) {
+    if Some(pool.ref_count.get() + free) != pool.nextoffset.get().checked_div(pool.block_size) {
         return Err("ref_count + free blocks != carved blocks");
     }
     Ok(())

@@ -91,6 +91,11 @@ extern "C" fn parent() {
 }
 
 extern "C" fn child() {
+    if TOOK_HEAP.load(Ordering::Relaxed) {
+        // SAFETY: `prepare` took the heap lock in this thread: the heap is
+        // consistent and ours alone.
+        crate::thread_cache::reclaim_after_fork(unsafe { &mut *HEAP.data_ptr() });
+    }
     // SAFETY: only the lock is touched. The child's only thread is this
     // one: it keeps the lock iff it held it before `prepare` (an
     // interrupted operation that will release it), else the lock is freed.

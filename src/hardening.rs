@@ -10,9 +10,11 @@
 //!   instead of handing out.
 //! - **Free-block key** (glibc tcache's `key`): `free` writes a secret
 //!   value into a block's second word and `malloc` clears it. A block
-//!   passed to `free` that carries the key is probably already free; the
-//!   pool's free list is walked to be sure (rare: only double frees, or a
-//!   program that stored the key itself) before reporting a double free.
+//!   passed to `free` that carries the key is already free: on its pool's
+//!   free list (walked to tell which, for the report) or in a thread
+//!   cache (`thread_cache`), which marks its blocks the same way. Only a
+//!   program that read the secret key from freed memory and stored it in
+//!   a live block could be told otherwise.
 //!
 //! Only the first 16 bytes of a free block are written: CPython's own
 //! tests read freed memory.

@@ -81,6 +81,14 @@ enum Found {
     Large(*mut LargeBlock),
 }
 
+/// Whether `realloc` to `n` bytes keeps a pool block of `class` and
+/// `usable` bytes where it is: it must fit, and a shrink copies only into
+/// a smaller class, and only when that saves a quarter (as pymalloc does).
+#[inline(always)]
+pub fn stays_in_place(n: usize, usable: usize, class: usize) -> bool {
+    n <= usable && (4 * n > 3 * usable || (n <= MEDIUM_MAX && class_of(n) == class))
+}
+
 /// What `realloc` must do next.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Resize {
@@ -180,8 +188,9 @@ impl Heap {
         }
     }
 
+    /// A block of `class`; null as for `alloc`.
     #[inline(always)]
-    fn alloc_class(&mut self, class: usize) -> Block {
+    pub fn alloc_class(&mut self, class: usize) -> Block {
         let mut pool = *self.used_head(class);
         if pool.is_null() {
             pool = self.new_used_pool(class);
@@ -223,7 +232,8 @@ impl Heap {
     /// reports faults.
     #[inline(always)]
     pub fn free_fast(&mut self, p: *mut u8) -> bool {
-        let arena = self.map.arena_of(p as usize);
+        // SAFETY: our own live map.
+        let arena = unsafe { ArenaMap::arena_of(&self.map, p as usize) };
         if arena.is_null() {
             return false;
         }
@@ -231,11 +241,11 @@ impl Heap {
         let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
         // SAFETY: pool_at returns only born pools of the arena.
         let pool = unsafe { &mut *pool };
-        if pool.ref_count <= 1 {
+        if pool.ref_count.get() <= 1 {
             // The pool may become empty: only the kept pool stays as it is,
             // stamped for `purge` (a stamp on a pool with live blocks is
             // harmless: it is stamped again when it becomes empty).
-            if pool.ref_count == 0 || !ptr::eq(*self.kept_slot(pool.class as usize), pool) {
+            if pool.ref_count.get() == 0 || !ptr::eq(*self.kept_slot(pool.class as usize), pool) {
                 return false;
             }
             pool.emptied_at = self.clock;
@@ -251,6 +261,78 @@ impl Heap {
         }
         self.free_ticks -= 1;
         true
+    }
+
+    /// The class of `p` if its pool vouches for it as a live block (see
+    /// `Pool::live_block_class`), read without the lock for the thread
+    /// cache's `free`. None proves nothing: the caller then takes the
+    /// locked path, which examines `p` exactly.
+    ///
+    /// Sound without the lock: for a block the program holds, the map
+    /// entry of its granule and its arena's `base` and `pool_shift` were
+    /// written before the block was handed out (and the handing out
+    /// happened before this `free`), and none of them changes until the
+    /// arena is wholly free, which this block prevents; the pool fields
+    /// read are as `Pool::live_block_class` says. For any other pointer
+    /// the result is only a first filter.
+    ///
+    /// # Safety
+    /// `heap` is `HEAP.data_ptr()`.
+    #[inline(always)]
+    pub unsafe fn cached_class_of(heap: *const Heap, p: *mut u8, key: usize) -> Option<usize> {
+        // SAFETY: see above; only raw reads, no reference to the heap.
+        unsafe {
+            let arena = ArenaMap::arena_of(&raw const (*heap).map, p as usize);
+            if arena.is_null() {
+                return None;
+            }
+            let pool = Arena::pool_at(arena, p as usize)?;
+            Pool::live_block_class(pool, p, key)
+        }
+    }
+
+    /// The pool of `p` if `p` is a block of `class` that the heap counts
+    /// as handed out, as a block a thread cache holds must be; None if
+    /// not (the cache's link to it was overwritten).
+    pub fn pool_of_cached(&self, p: *mut u8, class: usize) -> Option<*mut Pool> {
+        let Some(Owner::Arena(arena)) = self.map.get(p as usize) else { return None };
+        // SAFETY: the map only names live arena descriptors.
+        let pool = unsafe { Arena::pool_at(arena, p as usize) }?;
+        // SAFETY: pool_at returns only born pools of the arena.
+        let header = unsafe { &*pool };
+        let fits = header.class as usize == class && header.ref_count.get() > 0 && header.is_carved_block(p as usize);
+        fits.then_some(pool)
+    }
+
+    /// Gives back to its pool a block a thread cache held.
+    ///
+    /// # Safety
+    /// `pool` is `pool_of_cached(p, ..)`, and nothing has changed since.
+    pub unsafe fn free_cached(&mut self, pool: *mut Pool, p: *mut u8) {
+        // SAFETY: as the caller guarantees.
+        self.free_block(unsafe { &mut *pool }, p);
+        self.count_free();
+    }
+
+    /// Whether `p` is a block of `class` as a thread cache holds it: a
+    /// carved block of a live pool of the class, marked with the key, and
+    /// not on the pool's free list (for `pymalloc_check_heap`).
+    pub fn is_cached_block(&self, p: *mut u8, class: usize) -> bool {
+        let Some(Owner::Arena(arena)) = self.map.get(p as usize) else { return false };
+        // SAFETY: as in `free_cached`.
+        let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
+        // SAFETY: as in `free_cached`.
+        let pool = unsafe { &*pool };
+        pool.class as usize == class
+            && pool.ref_count.get() > 0
+            && pool.is_carved_block(p as usize)
+            && pool.holds_key(p, self.secret)
+            && pool.on_free_list(p, self.secret) == Ok(false)
+    }
+
+    /// Draws the secret that mangles links, if not yet drawn.
+    pub fn ensure_secret(&mut self) {
+        self.secret.ensure();
     }
 
     #[cold]
@@ -302,7 +384,12 @@ impl Heap {
                 if !pool_ref.is_carved_block(p as usize) {
                     return Err(Fault::InvalidPointer);
                 }
-                if pool_ref.ref_count == 0 || pool_ref.on_free_list(p, self.secret)? {
+                // On its pool's free list, or with the key but not there:
+                // in a thread cache (only the secret key marks a block so).
+                if pool_ref.ref_count.get() == 0
+                    || pool_ref.on_free_list(p, self.secret)?
+                    || pool_ref.holds_key(p, self.secret)
+                {
                     return Err(Fault::Freed { class_size: pool_ref.block_size as usize });
                 }
                 Ok(Found::Pool(pool))
@@ -380,12 +467,14 @@ impl Heap {
 
     /// Reads the clock and gives back what has stayed unused for
     /// `PYMALLOC_DECAY_MS` (see `purge`).
+    /// Returns the clock (ms) read anew.
     #[cold]
     #[inline(never)]
-    fn tick(&mut self) {
+    pub fn tick(&mut self) -> u64 {
         self.free_ticks = TICK_FREES;
         self.clock = purge::now_ms();
         self.purge(self.clock.saturating_sub(config::get().decay_ms as u64));
+        self.clock
     }
 
     /// Gives back to the OS the empty pools, free arenas and cached
@@ -444,9 +533,9 @@ impl Heap {
     pub fn for_each_live_block(&self, mut f: impl FnMut(*mut u8, usize, usize)) {
         const WORDS: usize = POOL_SIZE / MIN_ALIGN / 64;
         self.for_each_arena(|arena| {
-            for pool in arena.pools.iter().take(arena.next_unused as usize) {
+            for pool in arena.pools.iter().take(arena.next_unused.get() as usize) {
                 let size = pool.block_size as usize;
-                if pool.ref_count == 0 || arena.retired || size == 0 {
+                if pool.ref_count.get() == 0 || arena.retired || size == 0 {
                     continue;
                 }
                 // The free blocks, as a bitmap of block indices.
@@ -457,7 +546,7 @@ impl Heap {
                         *word |= 1 << (i % 64);
                     }
                 });
-                for i in 0..pool.nextoffset as usize / size {
+                for i in 0..pool.nextoffset.get() as usize / size {
                     let is_free = free.get(i / 64).is_some_and(|word| word >> (i % 64) & 1 != 0);
                     if !is_free {
                         f(pool.base.wrapping_add(i * size), size, size);
@@ -480,10 +569,7 @@ impl Heap {
                 // SAFETY: `find` returns live records.
                 let pool = unsafe { &*pool };
                 let usable = pool.block_size as usize;
-                // Shrink by copying only into a smaller class, and only
-                // when that saves a quarter (as pymalloc does).
-                let stays = n <= usable && (4 * n > 3 * usable || class_of(n) == pool.class as usize);
-                if stays { Resize::Done(p) } else { Resize::Move { usable } }
+                if stays_in_place(n, usable, pool.class as usize) { Resize::Done(p) } else { Resize::Move { usable } }
             }
             // SAFETY: as above.
             Found::Large(block) => self.resize_large(unsafe { &mut *block }, n),
@@ -495,7 +581,7 @@ impl Heap {
         let was_full = pool.is_full();
         // SAFETY: `find` vouched for p: a live block of the pool.
         unsafe { pool.free(p, self.secret) };
-        if pool.ref_count == 0 {
+        if pool.ref_count.get() == 0 {
             self.pool_emptied(pool, was_full);
         } else if was_full {
             self.link_used(pool);
@@ -595,7 +681,7 @@ impl Heap {
             let kept = *self.kept_slot((*pool).class as usize);
             let arena = &*(*pool).arena;
             let mut give = ptr::null_mut();
-            if !kept.is_null() && kept != pool && (*kept).ref_count == 0 {
+            if !kept.is_null() && kept != pool && (*kept).ref_count.get() == 0 {
                 let fuller = arena.nfreepools < (*(*kept).arena).nfreepools;
                 give = if fuller { kept } else { pool };
             } else if kept != pool {
@@ -630,7 +716,7 @@ impl Heap {
         for class in 0..NUM_CLASSES {
             // SAFETY: kept pools are live pools of the class (see above).
             let Some(pool) = (unsafe { self.kept[class].as_mut() }) else { continue };
-            if pool.ref_count != 0 || pool.emptied_at > cutoff {
+            if pool.ref_count.get() != 0 || pool.emptied_at > cutoff {
                 continue;
             }
             self.unlink_used(pool);

@@ -99,6 +99,8 @@ mod report;
 mod size_class;
 mod slab;
 mod stats;
+#[cfg_attr(test, allow(dead_code))] // its TLS slot is used only by the exports
+mod thread_cache;
 
 pub use abi::{
     pymalloc_check_heap, pymalloc_get_stats, pymalloc_print_stats, pymalloc_stats, pymalloc_version,

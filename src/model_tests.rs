@@ -40,7 +40,7 @@ fn new_heap() -> Box<Heap> {
 /// kept empty pools (at most one pool per class).
 fn assert_only_kept_pools_held(heap: &Heap) {
     // SAFETY: kept pools are live pool headers.
-    let kept = (0..NUM_CLASSES).filter(|&c| unsafe { heap.kept_pool(c).as_ref() }.is_some_and(|p| p.ref_count == 0)).count();
+    let kept = (0..NUM_CLASSES).filter(|&c| unsafe { heap.kept_pool(c).as_ref() }.is_some_and(|p| p.ref_count.get() == 0)).count();
     let held = heap.counters.arenas - heap.free_arena_count();
     assert!(held <= kept, "{held} arenas in use with no live block, {kept} kept pools");
 }
@@ -229,11 +229,15 @@ fn double_frees_are_detected() {
         assert_eq!(heap.free(p), Err(freed(class_size)), "double free of {n}");
         assert_eq!(heap.resize(p, 10), Err(freed(class_size)));
         assert_eq!(heap.usable_size(p), Err(freed(class_size)));
-        // The key alone is not trusted: a live block that holds it is freed.
+        // A block with the key that is not on its pool's free list is in
+        // a thread cache: freed as well (only the secret key marks it so).
         let q = heap.alloc(n).ptr;
         assert_eq!(q, p, "the freed block comes back first");
         // SAFETY: q is live with at least 16 bytes.
         unsafe { q.cast::<usize>().add(1).write(heap.secret().key()) };
+        assert_eq!(heap.free(q), Err(freed(class_size)), "a cached block of {n}");
+        // SAFETY: as above.
+        unsafe { q.cast::<usize>().add(1).write(0) };
         heap.free(q).unwrap();
         heap.free(keep).unwrap();
         assert_eq!(heap.free(keep), Err(freed(class_size)));

@@ -21,12 +21,38 @@
 //! never-used tail of the pool, so untouched memory stays untouched.
 
 use core::ptr;
+use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::arena::Arena;
 use crate::geometry::MIN_ALIGN;
 use crate::hardening::Secret;
 use crate::heap::Fault;
 use crate::size_class::{RECIP_SHIFT, class_info};
+
+/// A count that changes under the heap lock while other threads read it
+/// without the lock: the thread cache's `free` checks a block against its
+/// pool's `ref_count` and `nextoffset` and its arena's `next_unused`
+/// (`Heap::cached_class_of`). Only lock holders write it, so a relaxed
+/// load and store are enough (plain moves on x86-64 and aarch64); the
+/// atomic makes the unlocked read well defined.
+pub struct Shared(AtomicU32);
+
+impl Shared {
+    pub const fn new(value: u32) -> Shared {
+        Shared(AtomicU32::new(value))
+    }
+
+    #[inline(always)]
+    pub fn get(&self) -> u32 {
+        self.0.load(Relaxed)
+    }
+
+    /// Only with the heap lock held (or on a heap no other thread sees).
+    #[inline(always)]
+    pub fn set(&self, value: u32) {
+        self.0.store(value, Relaxed)
+    }
+}
 
 /// The `class` of a pool that has never served a class since it was born
 /// or decommitted.
@@ -44,9 +70,9 @@ pub struct Pool {
     pub base: *mut u8,
     pub arena: *mut Arena,
     /// Blocks handed out and not yet freed.
-    pub ref_count: u32,
+    pub ref_count: Shared,
     /// Offset of the first never-carved block.
-    pub nextoffset: u32,
+    pub nextoffset: Shared,
     /// Last offset at which a whole block still fits.
     pub maxnextoffset: u32,
     /// Offsets at and above this have not been written since the OS
@@ -74,8 +100,8 @@ impl Pool {
             prevpool: ptr::null_mut(),
             base,
             arena,
-            ref_count: 0,
-            nextoffset: 0,
+            ref_count: Shared::new(0),
+            nextoffset: Shared::new(0),
             maxnextoffset: 0,
             dirty_end,
             block_size: 0,
@@ -92,7 +118,7 @@ impl Pool {
     /// that last served the same class keeps its free list (all of its
     /// blocks are on it), as in pymalloc.
     pub fn init(&mut self, class: usize, pool_size: usize) {
-        debug_assert_eq!(self.ref_count, 0);
+        debug_assert_eq!(self.ref_count.get(), 0);
         if self.class as usize == class {
             return;
         }
@@ -102,23 +128,23 @@ impl Pool {
         self.block_size = size;
         self.recip = info.recip;
         self.freeblock = ptr::null_mut();
-        self.nextoffset = 0;
+        self.nextoffset.set(0);
         self.maxnextoffset = pool_size as u32 - size;
     }
 
     /// Forgets the pool's blocks after its memory was decommitted (the
     /// pages read as zero again).
     pub fn decommitted(&mut self) {
-        debug_assert_eq!(self.ref_count, 0);
+        debug_assert_eq!(self.ref_count.get(), 0);
         self.class = NO_CLASS;
         self.freeblock = ptr::null_mut();
-        self.nextoffset = 0;
+        self.nextoffset.set(0);
         self.dirty_end = 0;
     }
 
     #[inline(always)]
     pub fn is_full(&self) -> bool {
-        self.freeblock.is_null() && self.nextoffset > self.maxnextoffset
+        self.freeblock.is_null() && self.nextoffset.get() > self.maxnextoffset
     }
 
     /// Takes a block from a pool that is not full. Returns the block and
@@ -141,16 +167,17 @@ impl Pool {
                 unsafe { block.cast::<usize>().add(1).write(0) };
             }
             self.freeblock = next;
-            self.ref_count += 1;
+            self.ref_count.set(self.ref_count.get() + 1);
             return Some((block, false));
         }
-        let offset = self.nextoffset;
-        self.nextoffset = offset + self.block_size;
+        let offset = self.nextoffset.get();
+        let end = offset + self.block_size;
+        self.nextoffset.set(end);
         let zeroed = offset >= self.dirty_end;
-        if self.nextoffset > self.dirty_end {
-            self.dirty_end = self.nextoffset;
+        if end > self.dirty_end {
+            self.dirty_end = end;
         }
-        self.ref_count += 1;
+        self.ref_count.set(self.ref_count.get() + 1);
         // SAFETY: offset <= maxnextoffset, so the block lies in the pool.
         let block = unsafe { self.base.add(offset as usize) };
         if !zeroed && !cfg!(feature = "unchecked") {
@@ -179,7 +206,7 @@ impl Pool {
             }
         }
         self.freeblock = block;
-        self.ref_count -= 1;
+        self.ref_count.set(self.ref_count.get() - 1);
     }
 
     /// True if `addr` is the first byte of a block this pool has carved,
@@ -187,7 +214,7 @@ impl Pool {
     #[inline(always)]
     pub fn is_carved_block(&self, addr: usize) -> bool {
         let offset = addr.wrapping_sub(self.base as usize);
-        if offset >= self.nextoffset as usize {
+        if offset >= self.nextoffset.get() as usize {
             return false;
         }
         let index = (offset as u64 * self.recip) >> RECIP_SHIFT;
@@ -200,12 +227,57 @@ impl Pool {
     /// `is_carved_block` and `on_free_list`.
     #[inline(always)]
     pub fn is_live_block(&self, addr: *mut u8, secret: Secret) -> bool {
-        if self.ref_count == 0 || !self.is_carved_block(addr as usize) {
+        if self.ref_count.get() == 0 || !self.is_carved_block(addr as usize) {
             return false;
         }
         // SAFETY: a carved block of a pool with live blocks: mapped, and
         // at least two words long.
         cfg!(feature = "unchecked") || unsafe { addr.cast::<usize>().add(1).read() } != secret.key()
+    }
+
+    /// Whether the carved block at `addr` holds the free-block key in its
+    /// second word: free (on this pool's list or in a thread cache).
+    pub fn holds_key(&self, addr: *mut u8, secret: Secret) -> bool {
+        // SAFETY: callers pass carved blocks: mapped, two words at least.
+        !cfg!(feature = "unchecked") && unsafe { addr.cast::<usize>().add(1).read() } == secret.key()
+    }
+
+    /// `is_live_block` for the thread cache's `free`, without the heap
+    /// lock: the class of `addr` if it is a carved block of a pool with
+    /// live blocks that does not hold `key`.
+    ///
+    /// Sound without the lock: for a block the program holds, the pool's
+    /// `base`, `block_size`, `recip` and `class` were written before the
+    /// block was handed out and stay until the pool is empty, which the
+    /// block prevents; `ref_count` and `nextoffset` change under the lock
+    /// meanwhile, so they are atomics (`Shared`), and every value they
+    /// take while the block is live says "live, carved" (at least 1, and
+    /// beyond the block). Fields are read through raw pointers: no
+    /// reference to a header another thread may be changing.
+    ///
+    /// # Safety
+    /// `pool` is a born pool header of a live arena.
+    #[inline(always)]
+    pub unsafe fn live_block_class(pool: *const Pool, addr: *mut u8, key: usize) -> Option<usize> {
+        // SAFETY: see above.
+        unsafe {
+            if (*pool).ref_count.get() == 0 {
+                return None;
+            }
+            let offset = (addr as usize).wrapping_sub((&raw const (*pool).base).read() as usize);
+            if offset >= (*pool).nextoffset.get() as usize {
+                return None;
+            }
+            let (recip, size) = ((&raw const (*pool).recip).read(), (&raw const (*pool).block_size).read());
+            if ((offset as u64 * recip) >> RECIP_SHIFT) * size as u64 != offset as u64 {
+                return None;
+            }
+            // A carved block of a pool with live blocks: mapped, two words.
+            if !cfg!(feature = "unchecked") && addr.cast::<usize>().add(1).read() == key {
+                return None;
+            }
+            Some((&raw const (*pool).class).read() as usize)
+        }
     }
 
     /// Whether `block` is on the free list; fails if the walk meets a
@@ -250,7 +322,7 @@ impl Pool {
         // Rotating moves a misaligned offset's low bits to the top, so one
         // comparison checks both (block sizes are multiples of MIN_ALIGN).
         let shift = MIN_ALIGN.trailing_zeros();
-        next.is_null() || offset.rotate_right(shift) < (self.nextoffset >> shift) as usize
+        next.is_null() || offset.rotate_right(shift) < (self.nextoffset.get() >> shift) as usize
     }
 
     /// The fault of a corrupted link held by the free block `at`.

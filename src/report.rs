@@ -60,6 +60,8 @@ pub fn write_text(s: &Snapshot, out: &mut impl Write) -> fmt::Result {
     }
     // Large blocks: "avail" are cached mappings, ready for reuse.
     writeln!(out, "large   mmap {:>11} {:15} {:13}", "-", t.large_blocks, t.cached_mappings)?;
+    // Thread caches: their blocks are free, held for their threads.
+    writeln!(out, "thread caches {:>5} {:>15} {:13}", t.thread_caches, "-", t.thread_cache_blocks)?;
     writeln!(out)?;
     let mut result = Ok(());
     t.for_each(|_, label, value| {

@@ -68,7 +68,7 @@ pub static CLASSES: [ClassInfo; NUM_CLASSES] = build_table();
 
 /// The class serving a request of `n` bytes, `n <= MEDIUM_MAX`.
 #[inline(always)]
-pub fn class_of(n: usize) -> usize {
+pub const fn class_of(n: usize) -> usize {
     debug_assert!(n <= MEDIUM_MAX);
     if n <= SMALL_MAX {
         n.saturating_sub(1) >> 4

@@ -12,6 +12,7 @@ use crate::heap::Heap;
 use crate::os::OS_TOTALS;
 use crate::pool::Pool;
 use crate::size_class::{NUM_CLASSES, SMALL_CLASSES, size_of};
+use crate::thread_cache;
 
 /// What the heap counts as it changes, under its lock (the rest of the
 /// statistics are counted by walking the heap, or by `os`).
@@ -113,9 +114,9 @@ impl Snapshot {
             }
             free_pools += arena.nfreepools as usize;
             t.free_pool_bytes += arena.nfreepools as usize * arena.pool_size();
-            for pool in arena.pools.iter().take(arena.next_unused as usize) {
+            for pool in arena.pools.iter().take(arena.next_unused.get() as usize) {
                 let Some(class) = classes.get_mut(pool.class as usize) else { continue };
-                if pool.ref_count == 0 {
+                if pool.ref_count.get() == 0 {
                     // A kept empty pool is free memory held, as a free pool.
                     if heap.is_kept(pool) {
                         free_pools += 1;
@@ -124,7 +125,7 @@ impl Snapshot {
                     continue;
                 }
                 let (used, capacity, size) =
-                    (pool.ref_count as usize, pool.capacity() as usize, pool.block_size as usize);
+                    (pool.ref_count.get() as usize, pool.capacity() as usize, pool.block_size as usize);
                 class.pools += 1;
                 class.blocks_in_use += used;
                 class.blocks_free += capacity - used;
@@ -140,6 +141,22 @@ impl Snapshot {
                 t.quantization_bytes += arena.pool_size() - capacity * size;
             }
         });
+        // Blocks in thread caches are free, though their pools count them.
+        let cached = thread_cache::holdings(heap);
+        for (class, &blocks) in cached.blocks.iter().enumerate() {
+            let (Some(c), size) = (classes.get_mut(class), size_of(class)) else { continue };
+            let blocks = blocks.min(c.blocks_in_use);
+            c.blocks_in_use -= blocks;
+            c.blocks_free += blocks;
+            let (count, bytes) =
+                if class < SMALL_CLASSES { (&mut t.small_blocks, &mut t.small_bytes) } else { (&mut t.medium_blocks, &mut t.medium_bytes) };
+            *count -= blocks;
+            *bytes -= blocks * size;
+            t.avail_bytes += blocks * size;
+            t.thread_cache_blocks += blocks;
+            t.thread_cache_bytes += blocks * size;
+        }
+        t.thread_caches = cached.threads;
         t.blocks_in_use = t.small_blocks + t.medium_blocks + t.large_blocks;
         t.bytes_in_use = t.small_bytes + t.medium_bytes + t.large_bytes;
         Snapshot { classes, totals: t, free_pools }
@@ -264,14 +281,14 @@ pub struct ArenaDetail {
 
 impl PoolDetail {
     fn of(pool: &Pool) -> PoolDetail {
-        let state = match pool.ref_count {
+        let state = match pool.ref_count.get() {
             0 if pool.dirty_end == 0 => PoolState::Released,
             0 => PoolState::Empty,
             _ if pool.is_full() => PoolState::Full,
             _ => PoolState::Used,
         };
-        let capacity = if pool.ref_count == 0 { 0 } else { pool.capacity() };
-        PoolDetail { state, class: pool.class, in_use: pool.ref_count, capacity }
+        let capacity = if pool.ref_count.get() == 0 { 0 } else { pool.capacity() };
+        PoolDetail { state, class: pool.class, in_use: pool.ref_count.get(), capacity }
     }
 }
 
@@ -291,7 +308,7 @@ pub fn collect_detail(heap: &Heap, out: &mut [ArenaDetail]) -> (usize, bool) {
         slot.free = arena.retired;
         for (i, detail) in slot.pools.iter_mut().enumerate() {
             *detail = match arena.pools.get(i) {
-                Some(pool) if i < arena.next_unused as usize => PoolDetail::of(pool),
+                Some(pool) if i < arena.next_unused.get() as usize => PoolDetail::of(pool),
                 _ => PoolDetail::default(),
             };
         }

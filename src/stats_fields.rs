@@ -28,4 +28,7 @@ stats_fields! {
     bytes_mapped: "bytes mapped",
     bytes_mapped_peak: "bytes mapped, peak",
     bytes_returned: "bytes returned to the OS",
+    thread_caches: "threads with a cache",
+    thread_cache_blocks: "blocks in thread caches",
+    thread_cache_bytes: "bytes in thread caches",
 }

@@ -107,7 +107,10 @@ for path in sys.argv[1:]:
     pools = [p for a in s["arenas"] for p in a["pools"]]
     live = [p for p in pools if states[p[0]] in ("used", "full")]
     assert len(live) == t["pools_in_use"]
-    assert sum(p[2] for p in live) == t["small_blocks"] + t["medium_blocks"]
+    # A pool counts the blocks it handed out, thread caches' included.
+    cached = t["thread_cache_blocks"]
+    assert sum(p[2] for p in live) == t["small_blocks"] + t["medium_blocks"] + cached
+    assert sum(c["avail_blocks"] for c in s["classes"]) >= cached
     assert all(0 < p[2] <= p[3] for p in live)
     assert all(p[2] == p[3] for p in pools if states[p[0]] == "full")
 print("ok")

@@ -197,8 +197,10 @@ int main(int argc, char **argv) {
         expect("free(): invalid pointer %p", v);
         free(v);
     } else if (!strcmp(c, "free-never-handed-out")) {
-        char *p = malloc(opaque(464)); /* the last block carved from a fresh pool */
-        v = p + 464 * 5;               /* a block boundary beyond the carved part */
+        /* The last block carved from a fresh pool (of a class too big for
+         * the thread cache, which carves blocks in batches). */
+        char *p = malloc(opaque(20480));
+        v = p + 20480 * 5; /* a block boundary beyond the carved part */
         expect("free(): invalid pointer %p", v);
         free(v);
     } else if (!strcmp(c, "free-into-freed-large")) {
