@@ -7,7 +7,10 @@
 //!   to keep only its random bits; with a secret there is no need). A link overwritten by a buffer
 //!   overflow or a write after free demangles to a wild address, which
 //!   `Pool::alloc` rejects (outside the pool's carved part, or misaligned)
-//!   instead of handing out.
+//!   instead of handing out. The thread caches (`thread_cache`), whose
+//!   blocks come from any pool, check alignment only; the secret's low 4
+//!   bits are never all zero, so a link overwritten with zeros or with
+//!   any aligned value (a pointer) is always rejected there too.
 //! - **Free-block key** (glibc tcache's `key`): `free` writes a secret
 //!   value into a block's second word and `malloc` clears it. A block
 //!   passed to `free` that carries the key is already free: on its pool's
@@ -49,7 +52,11 @@ impl Secret {
     fn from_random([a, b]: [u64; 2]) -> Secret {
         // The AT_RANDOM bytes also seed glibc's stack protector and pointer
         // guard: store a one-way mix of them, never the bytes themselves.
-        let mask = (mix(a) ^ mix(b).rotate_left(29)) as usize;
+        // The low 4 bits are never all zero: a link overwritten with any
+        // 16-byte aligned value (zeros, a pointer) then demangles to a
+        // misaligned address, which the thread cache's `malloc` rejects.
+        let mixed = (mix(a) ^ mix(b).rotate_left(29)) as usize;
+        let mask = (mixed & !15) | (1 + mixed % 15);
         let key = (mix(mask as u64 ^ 0x9e37_79b9_7f4a_7c15) as usize) | 1;
         Secret { mask, key }
     }
@@ -113,8 +120,9 @@ mod tests {
         assert_eq!(s.demangle(at, s.mangle(at, core::ptr::null_mut())), core::ptr::null_mut());
         if !cfg!(feature = "unchecked") {
             assert_ne!(s.mangle(at, next), next as usize);
-            // A zeroed link does not demangle to null (the end of the list).
-            assert!(!s.demangle(at, 0).is_null());
+            // A zeroed or aligned link demangles to a misaligned address.
+            assert_ne!(s.demangle(at, 0) as usize % 16, 0);
+            assert_ne!(s.demangle(at, 0x7f00_0000_1230) as usize % 16, 0);
         }
         let before = s.key();
         s.ensure();

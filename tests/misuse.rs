@@ -136,6 +136,8 @@ quarantine_tests! {
 misuse_tests! {
     double_free_small => "double-free-small";
     double_free_medium => "double-free-medium";
+    double_free_other_thread_small => "double-free-other-thread-small";
+    double_free_other_thread_medium => "double-free-other-thread-medium";
     double_free_large => "double-free-large";
     double_free_large_unmapped => "double-free-large-unmapped";
     double_free_last_in_pool => "double-free-last-in-pool";

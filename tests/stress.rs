@@ -82,6 +82,26 @@ stress_tests! {
     fork_busy_parent_preload, fork_busy_parent_linked => "fork_stress", "1000";
     fork_in_signal_handler_preload, fork_in_signal_handler_linked => "fork_signal", "single", "1000";
     fork_in_signal_handler_threads_preload, fork_in_signal_handler_threads_linked => "fork_signal", "multi", "1000";
+    thread_cache_exit_preload, thread_cache_exit_linked => "thread_cache", "exit", "2000";
+    thread_cache_fork_preload, thread_cache_fork_linked => "thread_cache", "fork", "200";
+}
+
+/// The stress programs again with no thread caches: every call takes the
+/// heap's lock (`PYMALLOC_THREAD_CACHE=0`).
+#[test]
+fn without_thread_caches() {
+    let off = [("PYMALLOC_THREAD_CACHE", "0")];
+    for (name, args) in [
+        ("stress_threads", &["8"][..]),
+        ("thread_churn", &["500"]),
+        ("fork_stress", &["200"]),
+        ("fork_signal", &["multi", "200"]),
+        ("thread_cache", &["exit", "200"]),
+        ("thread_cache", &["fork", "50"]),
+    ] {
+        let exe = compile_c(name, Config::Preload);
+        run_with(&exe, args, Config::Preload, &off);
+    }
 }
 
 fn dlopen_tls(config: Config) {

@@ -5,7 +5,10 @@
  * Exit status 0 means the misuse went unnoticed. */
 #include "check.h"
 
+#include <pthread.h>
+#include <semaphore.h>
 #include <stdarg.h>
+#include <unistd.h>
 
 /* C23, exported by libpymalloc (weak: the program also links without it). */
 extern void free_sized(void *, size_t) __attribute__((weak));
@@ -69,6 +72,24 @@ static const char *class_of(size_t n) {
 static void double_free(size_t n) {
     void *p = block_with_neighbour(n);
     free(p);
+    expect("free(): double free of %p, %s", p, class_of(n));
+    free(p);
+}
+
+/* A block freed by another thread, which keeps running (so the block
+   stays in that thread's cache), then freed again here. */
+static sem_t freed_there;
+static void *free_and_stay(void *p) {
+    free(p);
+    sem_post(&freed_there);
+    for (;;) pause();
+}
+static void double_free_other_thread(size_t n) {
+    void *p = block_with_neighbour(n);
+    pthread_t t;
+    sem_init(&freed_there, 0, 0);
+    CHECK(pthread_create(&t, NULL, free_and_stay, p) == 0, "pthread_create");
+    while (sem_wait(&freed_there) != 0) {}
     expect("free(): double free of %p, %s", p, class_of(n));
     free(p);
 }
@@ -160,6 +181,10 @@ int main(int argc, char **argv) {
     void *volatile v;
     if (!strcmp(c, "double-free-small")) {
         double_free(48);
+    } else if (!strcmp(c, "double-free-other-thread-small")) {
+        double_free_other_thread(48);
+    } else if (!strcmp(c, "double-free-other-thread-medium")) {
+        double_free_other_thread(3000);
     } else if (!strcmp(c, "double-free-medium")) {
         double_free(3000);
     } else if (!strcmp(c, "double-free-large")) {
