@@ -64,12 +64,12 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
 /// general one.
 #[inline(always)]
 fn malloc_fast(n: usize) -> *mut c_void {
-    if n <= MEDIUM_MAX && config::fast_paths() {
-        if n <= CACHE_MAX {
-            if let Some(cache) = thread_cache::current() {
-                return cache.alloc(class_of(n), "malloc").cast();
-            }
+    if n <= CACHE_MAX {
+        if let Some(cache) = thread_cache::current() {
+            return cache.alloc(class_of(n), "malloc").cast();
         }
+    }
+    if n <= MEDIUM_MAX && config::fast_paths() {
         if let Some(mut heap) = HEAP.try_lock() {
             let p = heap.alloc_fast(class_of(n));
             if !p.is_null() {
@@ -92,12 +92,12 @@ fn free_fast(p: *mut c_void, function: &str) {
     if p.is_null() {
         return;
     }
-    if config::fast_paths() {
-        if let Some(cache) = thread_cache::current() {
-            if cache.free(p.cast()) {
-                return;
-            }
+    if let Some(cache) = thread_cache::current() {
+        if cache.free(p.cast()) {
+            return;
         }
+    }
+    if config::fast_paths() {
         if let Some(mut heap) = HEAP.try_lock() {
             if heap.free_fast(p.cast()) {
                 return;
@@ -164,24 +164,22 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // A pool block, with a thread cache: no lock unless the heap is needed.
-    if config::fast_paths() {
-        if let Some(cache) = thread_cache::current() {
-            if let Some(class) = cache.class_of_block(p.cast()) {
-                let usable = size_class::size_of(class);
-                if stays_in_place(n, usable, class) {
-                    return p;
-                }
-                let q = malloc_fast(n);
-                if q.is_null() {
-                    // A shrink may keep the old block; a growth fails.
-                    return if n <= usable { p } else { q };
-                }
-                // SAFETY: both blocks are live, distinct, and hold at least
-                // min(usable, n) bytes.
-                unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), usable.min(n)) };
-                free_fast(p, "realloc");
-                return q;
+    if let Some(cache) = thread_cache::current() {
+        if let Some(class) = cache.class_of_block(p.cast()) {
+            let usable = size_class::size_of(class);
+            if stays_in_place(n, usable, class) {
+                return p;
             }
+            let q = malloc_fast(n);
+            if q.is_null() {
+                // A shrink may keep the old block; a growth fails.
+                return if n <= usable { p } else { q };
+            }
+            // SAFETY: both blocks are live, distinct, and hold at least
+            // min(usable, n) bytes.
+            unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), usable.min(n)) };
+            free_fast(p, "realloc");
+            return q;
         }
     }
     if debug_on() {
@@ -228,7 +226,7 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
     if debug_on() {
         return debug_alloc(n, 1, true, "calloc");
     }
-    if n <= SMALL_MAX && config::fast_paths() {
+    if n <= SMALL_MAX {
         if let Some(cache) = thread_cache::current() {
             let p = cache.alloc(class_of(n), "calloc");
             if !p.is_null() {

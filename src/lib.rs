@@ -4,6 +4,10 @@
 //! # Memory layout
 //!
 //! ```text
+//!  thread 1: cache ┐   thread 2: cache ┐     per-thread bins of free blocks
+//!   (bins, no lock)│    (bins, no lock)│     (`thread_cache`): pop / push,
+//!                  ▼                   ▼     batches to and from the heap
+//!  ═══════════════ the heap, behind ONE lock (`heap::HEAP`) ═══════════════
 //!  OS (mmap) ──► arena: ARENA_SIZE bytes, aligned to ARENA_SIZE
 //!                ┌──────────┬──────────┬──────────┬─────┬──────────┐
 //!                │  pool 0  │  pool 1  │  pool 2  │ ... │ pool n-1 │  pools of one tier
@@ -56,6 +60,14 @@
 //!   set bit of its class size.
 //!
 //! # Locking rules
+//!
+//! Each thread's cache (`thread_cache`, reached through one initial-exec
+//! TLS word) serves `malloc` and `free` of blocks up to 16 KiB without
+//! any lock or atomic read-modify-write; it takes the heap lock once per
+//! batch (an empty bin refills, a full one flushes half). Its `free`
+//! checks the pointer against the arena map and the pool header without
+//! the lock: the fields read either stay fixed while the block is live or
+//! are atomics written under the lock (`pool::Shared`).
 //!
 //! One global lock (`heap::HEAP`, a futex mutex behind `lock_api`, see
 //! `lock`) guards the whole heap. While it is held the code never calls

@@ -46,14 +46,18 @@
 //! takes half a bin, a flush gives back half. Every `TICK_FREES` frees
 //! the thread reads the clock under the lock (the heap's decay runs even
 //! when every call is served by caches), and once per `PYMALLOC_DECAY_MS`
-//! gives back the blocks no call needed since the last time (each bin's
-//! low-water mark). A thread that stops calling keeps at most its limit.
+//! gives its whole cache back: blocks held longer would pin pools that
+//! could otherwise drain, and what the thread still needs then comes from
+//! the heap's fullest pools. A thread that stops calling keeps at most its
+//! limit.
 //!
 //! # Life
 //!
 //! A cache is made on a thread's first call after the library's
-//! constructor has run (earlier calls use the heap directly), from a slab
-//! under the heap lock. A pthread key's destructor flushes it when the
+//! constructor has run and once the process has a second thread (earlier
+//! calls use the heap directly: with one thread the heap's lock is elided
+//! and the pools serve a call with less work than a cache's bookkeeping),
+//! from a slab under the heap lock. The debug mode never makes one. A pthread key's destructor flushes it when the
 //! thread exits; after that the thread's calls use the heap directly, so
 //! destructors that run after ours still work. `malloc_trim` flushes the
 //! calling thread's cache. After `fork` the child's thread keeps its
@@ -67,6 +71,7 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 use crate::config;
 use crate::hardening::Secret;
 use crate::heap::{Fault, HEAP, Heap};
+use crate::lock::single_threaded;
 use crate::purge::TICK_FREES;
 use crate::size_class::{NUM_CLASSES, class_info, class_of};
 use crate::slab::Slab;
@@ -147,8 +152,12 @@ fn slot() -> *mut usize {
     addr as *mut usize
 }
 
-/// The calling thread's cache, made on its first call; None when the
-/// thread has none (disabled, exited, start-up, or no memory).
+/// The calling thread's cache, made on its first call once the process
+/// has a second thread; None when the thread has none: the process has
+/// one thread (the heap's lock is then elided, and the pools serve each
+/// call directly at less cost than a cache's bookkeeping), or the cache is
+/// disabled, the debug mode is on, the thread exited, start-up is not
+/// over, or there was no memory for it.
 #[inline(always)]
 pub fn current() -> Option<&'static mut ThreadCache> {
     // SAFETY: the slot is this thread's own word, written only by it.
@@ -158,7 +167,7 @@ pub fn current() -> Option<&'static mut ThreadCache> {
         // used only by this thread (see the module docs).
         return Some(unsafe { &mut *(value as *mut ThreadCache) });
     }
-    if value == NONE { create() } else { None }
+    if value == NONE && !single_threaded() { create() } else { None }
 }
 
 /// Set by the library's constructor: caches are made only after it, when
@@ -200,7 +209,8 @@ fn exit_key() -> Option<libc::pthread_key_t> {
 #[cold]
 #[inline(never)]
 fn create() -> Option<&'static mut ThreadCache> {
-    let limit = config::get().thread_cache;
+    let options = config::get();
+    let limit = if options.debug { 0 } else { options.thread_cache };
     let slot = slot();
     if READY.load(Relaxed) == 0 {
         return None; // start-up: ask again on the next call
@@ -337,9 +347,6 @@ struct Bin {
     /// Blocks on the list. Atomic only so that statistics may read it
     /// from another thread (relaxed: plain loads and stores).
     count: AtomicU32,
-    /// The fewest blocks the bin held since the last scavenge: blocks
-    /// below this mark were not needed.
-    low: u32,
     max: u32,
     size: u32,
 }
@@ -365,7 +372,7 @@ impl ThreadCache {
             bins: core::array::from_fn(|class| {
                 let size = class_info(class).size;
                 let max = (BIN_BYTES / size as usize).clamp(BIN_MIN as usize, BIN_MAX as usize) as u32;
-                Bin { head: ptr::null_mut(), count: AtomicU32::new(0), low: 0, max, size }
+                Bin { head: ptr::null_mut(), count: AtomicU32::new(0), max, size }
             }),
             bytes: AtomicUsize::new(0),
             limit,
@@ -403,7 +410,6 @@ impl ThreadCache {
         let count = bin.count.load(Relaxed) - 1;
         bin.head = next;
         bin.count.store(count, Relaxed);
-        bin.low = bin.low.min(count);
         let size = bin.size as usize;
         self.bytes.store(self.bytes.load(Relaxed) - size, Relaxed);
         // SAFETY: as above; the block is handed out: its key is cleared.
@@ -471,7 +477,10 @@ impl ThreadCache {
     #[cold]
     #[inline(never)]
     fn refill(&mut self, class: usize, function: &str) -> *mut u8 {
-        let want = (self.bin(class).max / 2).max(1);
+        // Half a bin, within the thread's byte limit (the block returned
+        // is not cached, so at least that one).
+        let room = self.limit.saturating_sub(self.bytes.load(Relaxed)).checked_div(self.bin(class).size as usize).unwrap_or(0);
+        let want = (self.bin(class).max / 2).min(room.min(BIN_MAX as usize) as u32 + 1).max(1);
         let mut heap = HEAP.lock();
         let mut first: *mut u8 = ptr::null_mut();
         for _ in 0..want {
@@ -485,8 +494,6 @@ impl ThreadCache {
                 self.push(block.ptr, class);
             }
         }
-        let bin = self.bin(class);
-        bin.low = bin.count.load(Relaxed);
         if first.is_null() {
             if let Some(fault) = heap.take_fault() {
                 drop(heap);
@@ -511,8 +518,11 @@ impl ThreadCache {
             self.ticks = TICK_FREES;
             let now = heap.tick();
             if now.saturating_sub(self.scavenged_at) >= config::get().decay_ms as u64 {
+                // Every decay period the whole cache goes back: what the
+                // thread still needs comes back from the heap's fullest
+                // pools, and the pools its old blocks pinned can drain.
                 self.scavenged_at = now;
-                result = result.and(self.scavenge(&mut heap));
+                result = result.and(self.flush_all(&mut heap));
             }
         }
         if self.bytes.load(Relaxed) > self.limit {
@@ -530,19 +540,6 @@ impl ThreadCache {
             crate::debug::fatal("free", fault, ptr::null());
         }
         self.push(p, class);
-    }
-
-    /// Gives back, in every bin, the blocks that stayed unused since the
-    /// last scavenge (below the bin's low-water mark).
-    fn scavenge(&mut self, heap: &mut Heap) -> Result<(), Fault> {
-        let mut result = Ok(());
-        for class in 0..CACHED_CLASSES {
-            let unused = self.bin(class).low;
-            result = result.and(self.flush(heap, class, unused));
-            let bin = self.bin(class);
-            bin.low = bin.count.load(Relaxed);
-        }
-        result
     }
 
     /// Gives the first `n` blocks of `class`'s bin back to the heap,
@@ -576,7 +573,6 @@ impl ThreadCache {
         }
         bin.head = if left == 0 { ptr::null_mut() } else { block };
         bin.count.store(left, Relaxed);
-        bin.low = bin.low.min(left);
         self.bytes.store(self.bytes.load(Relaxed) - (count - left) as usize * size, Relaxed);
         result
     }
@@ -673,7 +669,10 @@ pub fn check_current(heap: &Heap) -> Result<(), &'static str> {
         return Ok(());
     }
     // SAFETY: this thread's live cache, not in use during this call.
-    let cache = unsafe { &*(value as *const ThreadCache) };
+    check(unsafe { &*(value as *const ThreadCache) }, heap)
+}
+
+fn check(cache: &ThreadCache, heap: &Heap) -> Result<(), &'static str> {
     let mut bytes = 0;
     for (class, bin) in cache.bins.iter().enumerate() {
         let count = bin.count.load(Relaxed);
@@ -690,7 +689,7 @@ pub fn check_current(heap: &Heap) -> Result<(), &'static str> {
             block = cache.secret.demangle(block, unsafe { block.cast::<usize>().read() });
             seen += 1;
         }
-        if seen != count || bin.low > count || count > bin.max {
+        if seen != count || count > bin.max {
             return Err("thread cache: a bin's count does not match its list");
         }
         bytes += count as usize * bin.size as usize;
@@ -699,4 +698,118 @@ pub fn check_current(heap: &Heap) -> Result<(), &'static str> {
         return Err("thread cache: byte count does not match its bins");
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    fn new_cache(limit: usize) -> Box<ThreadCache> {
+        let mut heap = HEAP.lock();
+        heap.ensure_secret();
+        Box::new(ThreadCache::new(heap.secret(), limit))
+    }
+
+    /// Random mallocs and frees through a cache (on the process's test
+    /// heap), against a shadow of the live blocks: no block is handed out
+    /// twice, the cache stays within its bounds and consistent, and after
+    /// the thread "exits" (flush) every block is back in the heap.
+    #[test]
+    fn serves_refills_flushes_and_gives_everything_back() {
+        let mut cache = new_cache(64 << 10);
+        let mut live: Vec<(*mut u8, usize)> = Vec::new();
+        let mut seen = HashSet::new();
+        let mut rng = 0x9E37_79B9_7F4A_7C15u64;
+        for step in 0..200_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            if live.len() < 3000 && (rng % 3 != 0 || live.is_empty()) {
+                let n = 1 + (rng >> 8) as usize % if rng % 16 == 0 { CACHE_MAX } else { 600 };
+                let class = class_of(n);
+                let p = cache.alloc(class, "malloc");
+                assert!(!p.is_null());
+                assert!(seen.insert(p), "block {p:p} handed out twice");
+                assert!(HEAP.lock().usable_size(p).unwrap() >= n);
+                // SAFETY: a live block of at least n bytes.
+                unsafe { p.write_bytes(0x5A, n) };
+                live.push((p, class));
+            } else {
+                let (p, class) = live.swap_remove((rng >> 20) as usize % live.len());
+                seen.remove(&p);
+                assert_eq!(cache.class_of_block(p), Some(class));
+                assert!(cache.free(p), "a live pool block enters the cache");
+                assert_eq!(cache.class_of_block(p), None, "a cached block is not live");
+            }
+            assert!(cache.bytes.load(Relaxed) <= cache.limit + CACHE_MAX);
+            if step % 5000 == 0 {
+                let heap = HEAP.lock();
+                check(&cache, &heap).unwrap();
+                heap.check().unwrap();
+            }
+        }
+        for (p, _) in live.drain(..) {
+            assert!(cache.free(p));
+        }
+        let mut heap = HEAP.lock();
+        check(&cache, &heap).unwrap();
+        cache.flush_all(&mut heap).unwrap();
+        assert_eq!(cache.bytes.load(Relaxed), 0);
+        assert!(cache.bins.iter().all(|b| b.head.is_null() && b.count.load(Relaxed) == 0));
+        heap.check().unwrap();
+    }
+
+    /// A second free of a cached block is refused by the cache and called
+    /// a double free by the heap; so are realloc and usable size of it.
+    #[test]
+    #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+    fn double_free_of_a_cached_block_is_caught() {
+        let mut cache = new_cache(256 << 10);
+        for n in [16, 48, 512, 3000, CACHE_MAX] {
+            let class = class_of(n);
+            let keep = cache.alloc(class, "malloc");
+            let p = cache.alloc(class, "malloc");
+            let size = class_info(class).size as usize;
+            assert!(cache.free(p));
+            assert!(!cache.free(p), "the key sends a second free to the heap");
+            let mut heap = HEAP.lock();
+            assert_eq!(heap.free(p), Err(Fault::Freed { class_size: size }));
+            assert_eq!(heap.usable_size(p), Err(Fault::Freed { class_size: size }));
+            assert_eq!(heap.resize(p, 10), Err(Fault::Freed { class_size: size }));
+            drop(heap);
+            assert!(cache.free(keep));
+        }
+        let mut heap = HEAP.lock();
+        cache.flush_all(&mut heap).unwrap();
+    }
+
+    /// A cached block's link overwritten by a write after free: the flush
+    /// (thread exit, trim) finds it and reports the block holding it.
+    #[test]
+    #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+    fn overwritten_links_are_reported() {
+        let mut cache = new_cache(256 << 10);
+        let class = class_of(64);
+        let a = cache.alloc(class, "malloc");
+        let b = cache.alloc(class, "malloc");
+        assert!(cache.free(a) && cache.free(b));
+        // SAFETY: b is a cached block of 64 bytes: a write after free.
+        unsafe { b.cast::<usize>().write(0x1234_5670) };
+        let mut heap = HEAP.lock();
+        assert!(check(&cache, &heap).is_err());
+        let size = class_info(class).size as usize;
+        assert_eq!(cache.flush_all(&mut heap), Err(Fault::CorruptFreeList { at: b, class_size: size }));
+        assert!(cache.bins.iter().all(|bin| bin.count.load(Relaxed) == 0), "the rest is abandoned");
+    }
+
+    #[test]
+    fn bins_are_bounded_and_cover_the_cached_classes() {
+        let cache = new_cache(256 << 10);
+        assert_eq!(class_info(CACHED_CLASSES - 1).size as usize, CACHE_MAX);
+        for bin in &cache.bins {
+            assert!((BIN_MIN..=BIN_MAX).contains(&bin.max));
+            assert!(bin.max as usize * bin.size as usize <= BIN_BYTES.max(BIN_MIN as usize * bin.size as usize));
+        }
+    }
 }
