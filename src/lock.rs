@@ -58,7 +58,7 @@ use core::ffi::c_char;
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use parking_lot::lock_api::RawMutex;
+use lock_api::RawMutex;
 
 use crate::os::KeepErrno;
 
@@ -272,7 +272,7 @@ fn futex_wake_one(word: *const AtomicU32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::lock_api::Mutex;
+    use lock_api::Mutex;
 
     #[test]
     fn counts_exactly_under_contention() {
