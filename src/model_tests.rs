@@ -454,11 +454,11 @@ fn new_pools_come_from_the_most_used_arena() {
     emptied[a].retain(|&p| p != kept);
     // ...then the arenas' empty pools, most used arena first: the first
     // arena's pools are all used again before the second's, then the third's.
-    for (a, &arena) in arenas.iter().enumerate() {
-        for k in 0..emptied[a].len() * per_pool {
+    for (a, pools) in emptied.iter().enumerate() {
+        for k in 0..pools.len() * per_pool {
             let p = heap.alloc(512).ptr;
             assert!(
-                emptied[a].contains(&pool_of(p)),
+                pools.contains(&pool_of(p)),
                 "block {k} after the kept pool came from arena {:?}, not from an emptied pool of arena {a} \
                  (the most used)",
                 arenas.iter().position(|&x| x == arena_of(p))

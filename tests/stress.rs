@@ -103,7 +103,14 @@ stress_tests! {
 
 /// `config` None: preloaded, in the debug mode.
 fn dlopen_tls(config: Option<Config>) {
-    let dir = scratch_dir("stress", "tls-modules");
+    // A directory per test: copying over a module that a test running at
+    // the same time has mapped would kill it (SIGBUS).
+    let name = match config {
+        Some(Config::Preload) => "tls-modules-preload",
+        Some(Config::Linked) => "tls-modules-linked",
+        None => "tls-modules-debug",
+    };
+    let dir = scratch_dir("stress", name);
     let so = shared_object("tls_module", &dir, "tls0.so");
     for i in 1..4 {
         std::fs::copy(&so, dir.join(format!("tls{i}.so"))).unwrap();
