@@ -8,7 +8,7 @@
 
 use core::ptr;
 
-use parking_lot::lock_api::{Mutex, MutexGuard, RawMutex};
+use lock_api::{Mutex, MutexGuard, RawMutex};
 
 use crate::arena::{Arena, Tier};
 use crate::arena_map::{ArenaMap, Owner};

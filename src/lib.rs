@@ -121,3 +121,13 @@ pub use abi::{
 
 #[cfg(test)]
 mod model_tests;
+
+/// No path of the library can panic (tests/exports.rs walks the machine
+/// code to check it), and the crate links no std to provide a handler:
+/// were a panic to happen anyway, abort without a word or an allocation.
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_: &core::panic::PanicInfo) -> ! {
+    // SAFETY: abort has no preconditions.
+    unsafe { libc::abort() }
+}

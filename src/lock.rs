@@ -58,7 +58,7 @@ use core::ffi::c_char;
 use core::ptr;
 use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 
-use parking_lot::lock_api::RawMutex;
+use lock_api::RawMutex;
 
 use crate::os::KeepErrno;
 
@@ -272,7 +272,7 @@ fn futex_wake_one(word: *const AtomicU32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use parking_lot::lock_api::Mutex;
+    use lock_api::Mutex;
 
     #[test]
     fn counts_exactly_under_contention() {
@@ -334,16 +334,30 @@ mod tests {
 
     #[test]
     fn preserves_errno_when_contended() {
+        use std::sync::atomic::AtomicBool;
         static M: Mutex<FutexMutex, ()> = Mutex::from_raw(FutexMutex::INIT, ());
+        static ACQUIRED: AtomicBool = AtomicBool::new(false);
         let held = M.lock();
         let waiter = std::thread::spawn(|| {
             crate::os::set_errno(12345);
-            drop(M.lock());
+            let guard = M.lock();
+            ACQUIRED.store(true, Ordering::SeqCst);
+            drop(guard);
             // SAFETY: reading this thread's errno.
             unsafe { *libc::__errno_location() }
         });
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        // Contended for sure: the waiter has gone past spinning and set the
+        // flag that says it sleeps (or is about to) in futex_wait.
+        // SAFETY: test-only access to the raw lock.
+        let raw = unsafe { M.raw() };
+        let start = std::time::Instant::now();
+        while raw.state.load(Ordering::SeqCst) & CONTENDED == 0 {
+            assert!(start.elapsed().as_secs() < 10, "the waiter never marked the lock contended");
+            std::thread::yield_now();
+        }
+        assert!(!ACQUIRED.load(Ordering::SeqCst), "the waiter got a lock that is held");
         drop(held);
         assert_eq!(waiter.join().unwrap(), 12345);
+        assert!(ACQUIRED.load(Ordering::SeqCst));
     }
 }

@@ -258,12 +258,12 @@ fn double_frees_are_detected() {
     assert_eq!(heap.free(big), Err(freed(0)), "an uncached mapping");
     let q = heap.alloc(300 << 10).ptr;
     let blocker = heap.alloc(300 << 10).ptr;
-    if let Resize::Done(r) = heap.resize(q, 100 << 20).unwrap() {
-        if r != q {
-            assert_eq!(heap.free(q), Err(freed(0)), "moved away by realloc");
-        }
-        heap.free(r).unwrap();
+    let Resize::Done(r) = heap.resize(q, 100 << 20).unwrap() else { panic!("a large block grows by mremap") };
+    assert!(heap.usable_size(r).unwrap() >= 100 << 20);
+    if r != q {
+        assert_eq!(heap.free(q), Err(freed(0)), "moved away by realloc");
     }
+    heap.free(r).unwrap();
     heap.free(blocker).unwrap();
     heap.check().unwrap();
 }
@@ -325,9 +325,8 @@ fn zeroed_means_zero_and_recycled_means_not() {
         unsafe { first.ptr.write_bytes(0xab, n) };
         heap.free(first.ptr).unwrap();
         let again = heap.alloc(n);
-        if again.ptr == first.ptr {
-            assert!(!again.zeroed, "a recycled {n}-byte block is dirty");
-        }
+        assert_eq!(again.ptr, first.ptr, "the {n}-byte block just freed is reused first");
+        assert!(!again.zeroed, "a recycled {n}-byte block is dirty");
         heap.free(again.ptr).unwrap();
     }
 }
@@ -422,21 +421,52 @@ fn an_emptied_pool_is_kept_until_it_decays() {
 
 #[test]
 fn new_pools_come_from_the_most_used_arena() {
+    use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA, POOL_SIZE};
     let mut heap = new_heap();
-    // Fill several arenas of the smallest tier with one-block-per-pool
-    // classes, then empty most pools of the first arenas.
-    let per_arena = crate::geometry::MAX_POOLS_PER_ARENA;
-    let mut pools = Vec::new();
-    for _ in 0..4 * per_arena {
-        pools.push(heap.alloc_aligned(crate::geometry::POOL_SIZE / 2, 1).ptr);
+    // Fill three arenas with 512-byte blocks (the last small class, in
+    // pools of the smallest tier), then empty whole pools: 2 in the first
+    // arena, 7 in the second, 12 in the third.
+    let per_pool = POOL_SIZE / 512;
+    let arena_of = |p: *mut u8| p as usize & !(ARENA_SIZE - 1);
+    let pool_of = |p: *mut u8| p as usize & !(POOL_SIZE - 1);
+    let blocks: Vec<*mut u8> = (0..3 * MAX_POOLS_PER_ARENA * per_pool).map(|_| heap.alloc(512).ptr).collect();
+    let mut arenas: Vec<usize> = blocks.iter().map(|&p| arena_of(p)).collect();
+    arenas.dedup();
+    assert_eq!(arenas.len(), 3, "the blocks fill exactly three arenas, one after another");
+    let mut emptied: Vec<Vec<usize>> = vec![Vec::new(); 3];
+    for (a, &arena) in arenas.iter().enumerate() {
+        let mut pools: Vec<usize> = blocks.iter().filter(|&&p| arena_of(p) == arena).map(|&p| pool_of(p)).collect();
+        pools.dedup();
+        assert_eq!(pools.len(), MAX_POOLS_PER_ARENA);
+        for &pool in &pools[..2 + 5 * a] {
+            for &p in blocks.iter().filter(|&&p| pool_of(p) == pool) {
+                heap.free(p).unwrap();
+            }
+            emptied[a].push(pool);
+        }
+        heap.check().unwrap();
     }
-    heap.check().unwrap();
-    // Free a different number of pools in each arena.
-    for (i, p) in pools.iter().enumerate() {
-        let arena = i / per_arena;
-        if i % per_arena < arena * 3 + 1 {
-            heap.free(*p).unwrap();
-            heap.check().unwrap();
+    // Every other pool is full, so each new block needs an empty pool.
+    // First comes the one the class kept on its used list (one of those
+    // just emptied, wherever it is: see `pool_emptied`)...
+    assert!(!heap.kept_pool(crate::size_class::class_of(512)).is_null(), "no kept pool");
+    let kept = pool_of(heap.alloc(512).ptr);
+    for _ in 1..per_pool {
+        assert_eq!(pool_of(heap.alloc(512).ptr), kept, "the kept pool serves until it is full");
+    }
+    let a = emptied.iter().position(|pools| pools.contains(&kept)).expect("the kept pool is one just emptied");
+    emptied[a].retain(|&p| p != kept);
+    // ...then the arenas' empty pools, most used arena first: the first
+    // arena's pools are all used again before the second's, then the third's.
+    for (a, pools) in emptied.iter().enumerate() {
+        for k in 0..pools.len() * per_pool {
+            let p = heap.alloc(512).ptr;
+            assert!(
+                pools.contains(&pool_of(p)),
+                "block {k} after the kept pool came from arena {:?}, not from an emptied pool of arena {a} \
+                 (the most used)",
+                arenas.iter().position(|&x| x == arena_of(p))
+            );
         }
     }
     heap.check().unwrap();

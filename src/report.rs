@@ -23,24 +23,33 @@ struct Grouped(usize);
 impl fmt::Display for Grouped {
     fn fmt(&self, f: &mut fmt::Formatter) -> fmt::Result {
         let mut buf = [0u8; 32];
-        let mut at = buf.len();
-        let mut n = self.0;
-        let mut digits = 0;
-        loop {
-            if digits > 0 && digits % 3 == 0 {
-                at -= 1;
-                buf[at] = b',';
-            }
-            at -= 1;
-            buf[at] = b'0' + (n % 10) as u8;
-            digits += 1;
-            n /= 10;
-            if n == 0 {
-                break;
-            }
-        }
-        f.pad(core::str::from_utf8(&buf[at..]).unwrap_or("?"))
+        f.pad(core::str::from_utf8(decimal(self.0, true, &mut buf)).unwrap_or("?"))
     }
+}
+
+/// `n` in decimal, with a comma between groups of three digits if
+/// `grouped`, written at the end of `buf` (26 bytes hold any `usize`).
+/// Free of indexing and arithmetic that could panic, by construction:
+/// this runs inside `core::fmt`, where tests/exports.rs cannot follow
+/// the calls.
+fn decimal(mut n: usize, grouped: bool, buf: &mut [u8; 32]) -> &[u8] {
+    let mut used = 0;
+    let mut in_group = 0;
+    for slot in buf.iter_mut().rev() {
+        if grouped && in_group == 3 {
+            *slot = b',';
+            in_group = 0;
+        } else {
+            *slot = b'0' + (n % 10) as u8;
+            n /= 10;
+            in_group += 1;
+        }
+        used += 1;
+        if n == 0 && in_group > 0 {
+            break;
+        }
+    }
+    buf.get(buf.len().saturating_sub(used)..).unwrap_or_default()
 }
 
 pub fn write_text(s: &Snapshot, out: &mut impl Write) -> fmt::Result {
@@ -209,18 +218,8 @@ fn open_stats_file(path: &config::Path) -> i32 {
         let mut rest = path.as_bytes();
         while let Some(at) = rest.windows(2).position(|w| w == b"%p") {
             push(rest.get(..at).unwrap_or_default());
-            let mut digits = [0u8; 12];
-            let mut d = digits.len();
-            let mut pid = process_id().unsigned_abs();
-            loop {
-                d -= 1;
-                digits[d] = b'0' + (pid % 10) as u8;
-                pid /= 10;
-                if pid == 0 {
-                    break;
-                }
-            }
-            push(digits.get(d..).unwrap_or_default());
+            let mut digits = [0u8; 32];
+            push(decimal(process_id().unsigned_abs() as usize, false, &mut digits));
             rest = rest.get(at + 2..).unwrap_or_default();
         }
         push(rest);
@@ -252,6 +251,10 @@ mod tests {
         assert_eq!(format!("{}", Grouped(1000)), "1,000");
         assert_eq!(format!("{:>10}", Grouped(14680064)), "14,680,064");
         assert_eq!(format!("{}", Grouped(usize::MAX)), "18,446,744,073,709,551,615");
+        let mut buf = [0u8; 32];
+        assert_eq!(decimal(0, false, &mut buf), b"0");
+        assert_eq!(decimal(1_234_567, false, &mut buf), b"1234567");
+        assert_eq!(decimal(usize::MAX, false, &mut buf), b"18446744073709551615");
     }
 
     #[test]

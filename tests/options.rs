@@ -1,6 +1,8 @@
 //! `PYMALLOC_*` options in whole processes: silence by default, one
 //! warning for a bad value, `PYMALLOC_VERBOSE`, and options honoured when
-//! the first allocation comes before libc has initialised itself.
+//! the first allocation comes before libc has initialised itself; memory
+//! returned by `malloc_trim` and as `PYMALLOC_DECAY_MS` and
+//! `PYMALLOC_LARGE_CACHE` say.
 
 mod common;
 
@@ -95,5 +97,27 @@ fn options_are_read_before_libc_is_initialised() {
         );
         assert_eq!(stdout, "");
         assert_eq!(stderr, verbose_listing("0", "1"), "{config:?}");
+    }
+}
+
+/// `malloc_trim`, `PYMALLOC_DECAY_MS` and `PYMALLOC_LARGE_CACHE` in a real
+/// process (`tests/c/memory_return.c` checks the statistics).
+#[test]
+fn memory_goes_back_to_the_os_as_the_options_say() {
+    let exe = compile_c("memory_return", Config::Linked);
+    let exe = exe.to_str().unwrap();
+    let cases: &[(&[&str], &[(&str, &str)])] = &[
+        (&["trim"], &[]),
+        (&["decay", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
+        (&["decay", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
+        (&["cache", "6"], &[]),
+        (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "0")]),
+        (&["cache", "4"], &[("PYMALLOC_LARGE_CACHE", "8M")]),
+        (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "7M")]),
+    ];
+    for (args, vars) in cases {
+        let what = format!("memory_return {} {vars:?}", args.join(" "));
+        let (stdout, stderr) = output(command(exe, args, false, vars), &what);
+        assert_eq!((stdout.as_str(), stderr.as_str()), ("", ""), "{what}");
     }
 }

@@ -1,12 +1,12 @@
 //! Real programs under `LD_PRELOAD=libpymalloc.so`: python3 (with
 //! `PYTHONMALLOC=malloc`), sqlite3, gcc, git and bash. Each checks its real
-//! output, usually against the same run under glibc. A test is skipped (with
-//! a note on stderr) only when its program is not installed.
+//! output, usually against the same run under glibc. A program that is not
+//! installed fails its test, unless `PYMALLOC_TESTS_ALLOW_MISSING` names it.
 
 mod common;
 
 use common::{
-    check_binding, clean_env, find_tool, python_executable, fresh_dir, library, repo_root, run, run_with_input,
+    check_binding, clean_env, python_executable, require_tool, fresh_dir, library, repo_root, run, run_with_input,
 };
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -25,18 +25,9 @@ fn command(prog: &Path, preload: bool) -> Command {
     cmd
 }
 
-fn tool(name: &str) -> Option<PathBuf> {
-    let found = find_tool(name);
-    if found.is_none() {
-        eprintln!("SKIPPED: `{name}` is not installed (CI installs it)");
-    }
-    found
-}
-
-/// The python3 executable itself (not a wrapper such as a pyenv shim), so
-/// that the binding check looks at the right process.
+/// The python the tests run (`PYMALLOC_TEST_PYTHON`, else python3), the
+/// executable itself, so that the binding check looks at the right process.
 fn python() -> Option<PathBuf> {
-    tool("python3")?;
     python_executable()
 }
 
@@ -88,7 +79,7 @@ SELECT v FROM t ORDER BY hex(v) DESC LIMIT 1;
 
 #[test]
 fn sqlite3_cli() {
-    let Some(sqlite) = tool("sqlite3") else {
+    let Some(sqlite) = require_tool("sqlite3") else {
         return;
     };
     let lib = library();
@@ -124,7 +115,7 @@ fn sqlite3_cli() {
 
 #[test]
 fn gcc_compiles() {
-    let Some(gcc) = tool("gcc") else { return };
+    let Some(gcc) = require_tool("gcc") else { return };
     let lib = library();
     let dir = fresh_dir("gcc");
     let src = repo_root().join("tests/c/realloc_contents.c");
@@ -262,7 +253,7 @@ fn git_session(git: &Path, preload: bool) -> String {
 
 #[test]
 fn git_repository() {
-    let Some(git) = tool("git") else { return };
+    let Some(git) = require_tool("git") else { return };
     let lib = library();
     let mut probe = command(&git, true);
     probe.arg("--version");
@@ -295,7 +286,7 @@ echo "${#str}"
 
 #[test]
 fn bash_arrays() {
-    let Some(bash) = tool("bash") else { return };
+    let Some(bash) = require_tool("bash") else { return };
     let lib = library();
     let mut probe = command(&bash, true);
     probe.args(["-c", "a=(1 2 3); echo ${#a[@]}"]);

@@ -4,10 +4,14 @@
 //! preloaded and linked, and python3 runs `tests/python/stress.py`. Each
 //! run is bounded: a hang fails with the stacks of the hung processes, and
 //! the programs themselves fail on a child that does not finish in 10 s.
+//! Each program also runs in the debug mode, and checks the heap with
+//! `pymalloc_check_heap()` at its end and in every forked child.
 
 mod common;
 
-use common::{Config, check_binding, clean_env, compile_c, find_tool, library, library_dir, repo_root, run, scratch_dir};
+use common::{
+    Config, check_binding, clean_env, compile_c, library, library_dir, python_executable, repo_root, run, scratch_dir,
+};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
@@ -40,6 +44,13 @@ fn stress(name: &str, args: &[&str], config: Config) {
     run_with(&exe, args, config, &[]);
 }
 
+/// The same, preloaded, in the debug mode (guard bytes checked by every
+/// call and by the program's final `pymalloc_check_heap()`).
+fn stress_debug(name: &str, args: &[&str]) {
+    let exe = compile_c(name, Config::Preload);
+    run_with(&exe, args, Config::Preload, &[("PYMALLOC_DEBUG", "1")]);
+}
+
 /// Runs gcc with `args`, panicking with its output on failure.
 fn gcc(args: &[&str], what: &str) {
     let mut cmd = Command::new("gcc");
@@ -61,7 +72,7 @@ fn shared_object(src: &str, dir: &Path, out: &str) -> PathBuf {
 }
 
 macro_rules! stress_tests {
-    ($($preload:ident, $linked:ident => $name:literal $(, $arg:literal)*;)*) => {$(
+    ($($preload:ident, $linked:ident, $debug:ident => $name:literal $(, $arg:literal)*;)*) => {$(
         #[test]
         fn $preload() {
             stress($name, &[$($arg),*], Config::Preload);
@@ -70,20 +81,26 @@ macro_rules! stress_tests {
         fn $linked() {
             stress($name, &[$($arg),*], Config::Linked);
         }
+        #[test]
+        fn $debug() {
+            stress_debug($name, &[$($arg),*]);
+        }
     )*};
 }
 
 stress_tests! {
-    threads_2_preload, threads_2_linked => "stress_threads", "2";
-    threads_4_preload, threads_4_linked => "stress_threads", "4";
-    threads_8_preload, threads_8_linked => "stress_threads", "8";
-    threads_16_preload, threads_16_linked => "stress_threads", "16";
-    thread_churn_preload, thread_churn_linked => "thread_churn", "2000";
-    fork_busy_parent_preload, fork_busy_parent_linked => "fork_stress", "1000";
-    fork_in_signal_handler_preload, fork_in_signal_handler_linked => "fork_signal", "single", "1000";
-    fork_in_signal_handler_threads_preload, fork_in_signal_handler_threads_linked => "fork_signal", "multi", "1000";
-    thread_cache_exit_preload, thread_cache_exit_linked => "thread_cache", "exit", "2000";
-    thread_cache_fork_preload, thread_cache_fork_linked => "thread_cache", "fork", "200";
+    threads_2_preload, threads_2_linked, threads_2_debug => "stress_threads", "2";
+    threads_4_preload, threads_4_linked, threads_4_debug => "stress_threads", "4";
+    threads_8_preload, threads_8_linked, threads_8_debug => "stress_threads", "8";
+    threads_16_preload, threads_16_linked, threads_16_debug => "stress_threads", "16";
+    thread_churn_preload, thread_churn_linked, thread_churn_debug => "thread_churn", "2000";
+    fork_busy_parent_preload, fork_busy_parent_linked, fork_busy_parent_debug => "fork_stress", "1000";
+    fork_in_signal_handler_preload, fork_in_signal_handler_linked, fork_in_signal_handler_debug =>
+        "fork_signal", "single", "1000";
+    fork_in_signal_handler_threads_preload, fork_in_signal_handler_threads_linked,
+        fork_in_signal_handler_threads_debug => "fork_signal", "multi", "1000";
+    thread_cache_exit_preload, thread_cache_exit_linked, thread_cache_exit_debug => "thread_cache", "exit", "2000";
+    thread_cache_fork_preload, thread_cache_fork_linked, thread_cache_fork_debug => "thread_cache", "fork", "200";
 }
 
 /// The stress programs again with no thread caches: every call takes the
@@ -104,23 +121,39 @@ fn without_thread_caches() {
     }
 }
 
-fn dlopen_tls(config: Config) {
-    let dir = scratch_dir("stress", "tls-modules");
+/// `config` None: preloaded, in the debug mode.
+fn dlopen_tls(config: Option<Config>) {
+    // A directory per test: copying over a module that a test running at
+    // the same time has mapped would kill it (SIGBUS).
+    let name = match config {
+        Some(Config::Preload) => "tls-modules-preload",
+        Some(Config::Linked) => "tls-modules-linked",
+        None => "tls-modules-debug",
+    };
+    let dir = scratch_dir("stress", name);
     let so = shared_object("tls_module", &dir, "tls0.so");
     for i in 1..4 {
         std::fs::copy(&so, dir.join(format!("tls{i}.so"))).unwrap();
     }
-    stress("dlopen_tls", &[&dir.to_string_lossy(), "200"], config);
+    match config {
+        Some(config) => stress("dlopen_tls", &[&dir.to_string_lossy(), "200"], config),
+        None => stress_debug("dlopen_tls", &[&dir.to_string_lossy(), "200"]),
+    }
 }
 
 #[test]
 fn dlopen_tls_modules_preload() {
-    dlopen_tls(Config::Preload);
+    dlopen_tls(Some(Config::Preload));
 }
 
 #[test]
 fn dlopen_tls_modules_linked() {
-    dlopen_tls(Config::Linked);
+    dlopen_tls(Some(Config::Linked));
+}
+
+#[test]
+fn dlopen_tls_modules_debug() {
+    dlopen_tls(None);
 }
 
 /// The order in which the dynamic linker runs `libearly.so`'s and our
@@ -188,17 +221,22 @@ fn constructor_allocates_before_ours() {
 /// extension modules, all at once.
 #[test]
 fn python_threads_fork_and_imports() {
-    let Some(py) = find_tool("python3") else {
-        eprintln!("SKIPPED: python3 is not installed (CI installs it)");
-        return;
+    let Some(py) = python_executable() else { return };
+    let lib = library();
+    let command = || {
+        let mut cmd = Command::new(&py);
+        clean_env(&mut cmd)
+            .env("LD_PRELOAD", &lib)
+            .env("PYTHONMALLOC", "malloc")
+            .env("PYTHONDONTWRITEBYTECODE", "1");
+        cmd
     };
+    let mut probe = command();
+    probe.args(["-c", "pass"]);
+    check_binding(probe, &lib, &[&py.to_string_lossy()], "python3 -c pass");
     let script = repo_root().join("tests/python/stress.py");
-    let mut cmd = Command::new(&py);
-    clean_env(&mut cmd)
-        .env("LD_PRELOAD", library())
-        .env("PYTHONMALLOC", "malloc")
-        .env("PYTHONDONTWRITEBYTECODE", "1")
-        .arg(&script);
+    let mut cmd = command();
+    cmd.arg(&script);
     let r = run(cmd, TIMEOUT, "python3 tests/python/stress.py");
     r.assert_success("python3 tests/python/stress.py");
     assert!(r.stdout.contains("stress done"), "unexpected output: {}", r.stdout);

@@ -69,6 +69,7 @@ int main(int argc, char **argv) {
         atomic_fetch_add(&round_no, 1);
     }
     load_end(th, 3);
+    heap_check("end");
     printf("%ld rounds of dlopen/dlclose of %d TLS modules\n", rounds, MODS);
     return 0;
 }

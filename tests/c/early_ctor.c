@@ -14,11 +14,13 @@ int main(void) {
         CHECK(pid >= 0, "fork failed");
         if (pid == 0) {
             blk_free(blk_new(1000, 1), "child");
+            heap_check("child");
             _exit(0);
         }
         wait_child(pid, 10);
     }
     load_end(th, 2);
+    heap_check("end");
     printf("constructor blocks checked and freed\n");
     return 0;
 }

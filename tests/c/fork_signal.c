@@ -47,6 +47,7 @@ static void child_work(int multi, unsigned char **slot, int nslots) {
         CHECK(pthread_create(&t, NULL, child_thread, NULL) == 0, "child: pthread_create failed");
         CHECK(pthread_join(t, NULL) == 0, "child: pthread_join failed");
     }
+    heap_check("child");
     _exit(0);
 }
 
@@ -126,6 +127,7 @@ int main(int argc, char **argv) {
     }
     for (int i = 0; i < N; i++)
         if (slot[i]) blk_free(slot[i], "parent (end)");
+    heap_check("parent (end)");
     printf("%ld forks from a signal handler (%s), %ld while in malloc or free\n", target, argv[1], forks_in_alloc);
     CHECK(forks_in_alloc > 0, "no signal arrived inside malloc or free: the test proves nothing");
     return 0;

@@ -52,6 +52,7 @@ static void child(long k) {
         CHECK(pthread_create(&t, NULL, child_thread, (void *)(intptr_t)k) == 0, "child: pthread_create failed");
         CHECK(pthread_join(t, NULL) == 0, "child: pthread_join failed");
     }
+    heap_check("child");
     if (k & 1) exit(0); /* atexit handlers and stdio's exit path */
     _exit(0);
 }
@@ -69,6 +70,7 @@ int main(int argc, char **argv) {
         wait_child(pid, 10);
     }
     load_end(th, 4);
+    heap_check("parent (end)");
     printf("%ld children forked from a busy parent\n", forks);
     return 0;
 }

@@ -1,5 +1,5 @@
 /* The statistics API: pymalloc_get_stats and mallinfo2 follow allocations
-   up and down; a shorter (older) struct is filled only as far as it
+   up and down, block for block and byte for byte; realloc(p, 0) frees; a shorter (older) struct is filled only as far as it
    goes; pymalloc_print_stats prints the report (checked by the driver,
    tests/stats.rs). Linked against the header. */
 #include "check.h"
@@ -27,18 +27,28 @@ int main(void) {
     pymalloc_stats during = get();
     struct mallinfo2 mi_during = mallinfo2();
 
-    CHECK(during.small_blocks >= before.small_blocks + N, "small blocks %zu -> %zu", before.small_blocks, during.small_blocks);
-    CHECK(during.small_bytes >= before.small_bytes + N * 64, "small bytes %zu -> %zu", before.small_bytes, during.small_bytes);
-    CHECK(during.medium_blocks >= before.medium_blocks + 1, "medium blocks did not rise");
+    /* Exact: nothing else allocates between the two snapshots (one
+       thread, and CHECK only prints on failure). 64 is a class size;
+       20000 bytes take the medium class of 20480; a 1 MiB block is a
+       mapping of exactly 1 MiB (the default mode: stats.rs runs this
+       program without PYMALLOC_DEBUG). */
+    enum { MEDIUM_CLASS = 20480, LARGE = 1 << 20 };
+    CHECK(during.small_blocks == before.small_blocks + N, "small blocks %zu -> %zu", before.small_blocks, during.small_blocks);
+    CHECK(during.small_bytes == before.small_bytes + N * 64, "small bytes %zu -> %zu", before.small_bytes, during.small_bytes);
+    CHECK(during.medium_blocks == before.medium_blocks + 1, "medium blocks %zu -> %zu", before.medium_blocks, during.medium_blocks);
+    CHECK(during.medium_bytes == before.medium_bytes + MEDIUM_CLASS, "medium bytes %zu -> %zu", before.medium_bytes, during.medium_bytes);
+    CHECK(malloc_usable_size(medium) == MEDIUM_CLASS, "medium usable size %zu", malloc_usable_size(medium));
     CHECK(during.large_blocks == before.large_blocks + 1, "large blocks %zu -> %zu", before.large_blocks, during.large_blocks);
-    CHECK(during.large_bytes >= before.large_bytes + (1 << 20), "large bytes did not rise");
-    CHECK(during.bytes_in_use >= before.bytes_in_use + N * 64 + 20000 + (1 << 20), "bytes in use did not rise");
+    CHECK(during.large_bytes == before.large_bytes + LARGE, "large bytes %zu -> %zu", before.large_bytes, during.large_bytes);
+    CHECK(during.blocks_in_use == before.blocks_in_use + N + 2, "blocks in use %zu -> %zu", before.blocks_in_use, during.blocks_in_use);
+    CHECK(during.bytes_in_use == before.bytes_in_use + N * 64 + MEDIUM_CLASS + LARGE, "bytes in use %zu -> %zu", before.bytes_in_use, during.bytes_in_use);
     CHECK(during.bytes_in_use == during.small_bytes + during.medium_bytes + during.large_bytes, "bytes in use is not the sum");
     CHECK(during.arena_bytes == during.arenas * (during.arena_bytes / (during.arenas ? during.arenas : 1)), "arena bytes");
     CHECK(during.bytes_mapped >= during.arena_bytes + during.large_bytes, "bytes mapped %zu < arenas + large", during.bytes_mapped);
     CHECK(during.bytes_mapped_peak >= during.bytes_mapped, "peak below current");
-    CHECK(mi_during.uordblks >= mi_before.uordblks + N * 64 + 20000, "mallinfo2 uordblks %zu -> %zu", mi_before.uordblks, mi_during.uordblks);
-    CHECK(mi_during.hblkhd >= mi_before.hblkhd + (1 << 20), "mallinfo2 hblkhd did not rise");
+    CHECK(mi_during.uordblks == mi_before.uordblks + N * 64 + MEDIUM_CLASS, "mallinfo2 uordblks %zu -> %zu", mi_before.uordblks, mi_during.uordblks);
+    CHECK(mi_during.hblkhd == mi_before.hblkhd + LARGE, "mallinfo2 hblkhd %zu -> %zu", mi_before.hblkhd, mi_during.hblkhd);
+    CHECK(mi_during.hblks == mi_before.hblks + 1, "mallinfo2 hblks %zu -> %zu", mi_before.hblks, mi_during.hblks);
     CHECK(mi_during.uordblks == during.small_bytes + during.medium_bytes, "mallinfo2 and pymalloc_get_stats disagree");
     struct mallinfo mi1 = mallinfo();
     CHECK((size_t)mi1.uordblks == mi_during.uordblks, "mallinfo and mallinfo2 disagree");
@@ -50,10 +60,26 @@ int main(void) {
     free(large);
     pymalloc_stats after = get();
     struct mallinfo2 mi_after = mallinfo2();
+    CHECK(after.small_blocks == before.small_blocks, "small blocks %zu after, %zu before", after.small_blocks, before.small_blocks);
     CHECK(after.small_bytes == before.small_bytes, "small bytes %zu after, %zu before", after.small_bytes, before.small_bytes);
+    CHECK(after.medium_blocks == before.medium_blocks, "medium blocks %zu after, %zu before", after.medium_blocks, before.medium_blocks);
+    CHECK(after.large_blocks == before.large_blocks, "large blocks %zu after, %zu before", after.large_blocks, before.large_blocks);
+    CHECK(after.blocks_in_use == before.blocks_in_use, "blocks in use %zu after, %zu before", after.blocks_in_use, before.blocks_in_use);
     CHECK(after.bytes_in_use == before.bytes_in_use, "bytes in use %zu after, %zu before", after.bytes_in_use, before.bytes_in_use);
     CHECK(mi_after.uordblks == mi_before.uordblks, "mallinfo2 uordblks %zu after, %zu before", mi_after.uordblks, mi_before.uordblks);
     CHECK(after.arenas_allocated >= after.arenas, "arena counts");
+
+    /* realloc(p, 0) frees p (glibc): its bytes leave the totals, and errno
+       stays as it was. 100 bytes take the class of 112. */
+    void *p = malloc(opaque(100));
+    pymalloc_stats with_p = get();
+    errno = 1234;
+    void *r = realloc(p, 0);
+    CHECK(r == NULL, "realloc(p, 0) returned %p", r);
+    CHECK(errno == 1234, "realloc(p, 0) changed errno to %d", errno);
+    pymalloc_stats freed = get();
+    CHECK(freed.small_blocks == with_p.small_blocks - 1, "realloc(p, 0): small blocks %zu -> %zu", with_p.small_blocks, freed.small_blocks);
+    CHECK(freed.bytes_in_use == with_p.bytes_in_use - 112, "realloc(p, 0): bytes in use %zu -> %zu", with_p.bytes_in_use, freed.bytes_in_use);
 
     /* An older, shorter struct: only its bytes are written. */
     struct { size_t size, arenas_allocated, guard; } old = {2 * sizeof(size_t), 0, 12345};

@@ -100,6 +100,16 @@ static inline void wait_child(pid_t pid, int seconds) {
     }
 }
 
+/* pymalloc_check_heap(), bound by the dynamic linker if libpymalloc is
+   loaded (a preloaded program is built without the library, hence the
+   weak reference). Every stress program checks its heap at its end, and
+   in its forked children. */
+extern int pymalloc_check_heap(void) __attribute__((weak));
+static inline void heap_check(const char *where) {
+    CHECK(pymalloc_check_heap != NULL, "%s: no pymalloc_check_heap: libpymalloc is not loaded", where);
+    CHECK(pymalloc_check_heap() == 0, "%s: pymalloc_check_heap() found the heap inconsistent", where);
+}
+
 /* argv[i] as a positive integer, or `dflt` when absent. */
 static inline long arg_or(int argc, char **argv, int i, long dflt) {
     if (argc <= i) return dflt;

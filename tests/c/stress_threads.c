@@ -125,6 +125,7 @@ int main(int argc, char **argv) {
     }
     CHECK(handed == received, "handed %lu blocks, freed %lu", (unsigned long)handed, (unsigned long)received);
     CHECK(handed > 100, "only %lu blocks changed threads", (unsigned long)handed);
+    heap_check("end");
     printf("%d threads x %ld ops, %lu blocks changed threads\n", n, ops_per_thread, (unsigned long)handed);
     return 0;
 }

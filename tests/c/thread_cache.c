@@ -7,7 +7,8 @@
  *   thread_cache fork ROUNDS    threads hold full caches while the main
  *       thread forks; each child allocates, checks the heap, and finds
  *       only its own cache (the others' blocks went back to the heap).
- * With PYMALLOC_THREAD_CACHE=0 both run with no cache at all. Every step
+ * With PYMALLOC_THREAD_CACHE=0, or in the debug mode, both run with no
+ * cache at all. Every step
  * ends with pymalloc_check_heap(). */
 #include "stress.h"
 #include "../../include/pymalloc.h"
@@ -22,9 +23,11 @@ static pymalloc_stats stats_now(void) {
     return s;
 }
 
+/* Off with PYMALLOC_THREAD_CACHE=0, and in the debug mode (as the driver
+   sets them: "0" and "1"). */
 static int caches_on(void) {
-    const char *v = getenv("PYMALLOC_THREAD_CACHE");
-    return !(v && !strcmp(v, "0"));
+    const char *size = getenv("PYMALLOC_THREAD_CACHE"), *debug = getenv("PYMALLOC_DEBUG");
+    return !(size && !strcmp(size, "0")) && !(debug && !strcmp(debug, "1"));
 }
 
 /* Blocks of every cached size, freed in another order: fills the bins. */

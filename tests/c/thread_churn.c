@@ -53,6 +53,7 @@ int main(int argc, char **argv) {
     load_end(load, 2);
     unsigned char *last = atomic_exchange(&handoff, NULL);
     if (last) blk_free(last, "last handed block");
+    heap_check("end");
     printf("%ld threads started and exited\n", (long)started);
     return 0;
 }

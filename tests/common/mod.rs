@@ -445,15 +445,43 @@ pub fn check_binding(mut cmd: Command, lib: &Path, required_from: &[&str], what:
     }
 }
 
-/// The python3 executable itself (not a wrapper such as a pyenv shim,
-/// whose shell processes would run preloaded too), if python3 is installed.
+/// The python the tests run: `$PYMALLOC_TEST_PYTHON` (a path or a name on
+/// PATH; `scripts/test --python` sets it), else `python3` on PATH. Returns
+/// the executable itself (not a wrapper such as a pyenv shim, whose shell
+/// processes would run preloaded too). Panics when there is none, unless
+/// the tool opt-out (`require_tool`) names python3.
 pub fn python_executable() -> Option<PathBuf> {
-    let py = find_tool("python3")?;
-    let mut cmd = Command::new(py);
+    let configured = std::env::var_os("PYMALLOC_TEST_PYTHON").map(PathBuf::from);
+    let py = match configured {
+        Some(p) if p.components().count() > 1 => Some(p),
+        Some(p) => Some(require_tool(&p.to_string_lossy()).unwrap_or_else(|| {
+            panic!("PYMALLOC_TEST_PYTHON={} is not on PATH", p.display())
+        })),
+        None => require_tool("python3"),
+    }?;
+    let mut cmd = Command::new(&py);
     clean_env(&mut cmd).args(["-c", "import sys; print(sys.executable)"]);
-    let r = run(cmd, Duration::from_secs(60), "python3 -c sys.executable");
-    r.assert_success("python3 -c sys.executable");
+    let r = run(cmd, Duration::from_secs(60), "python -c sys.executable");
+    r.assert_success(&format!("{} -c sys.executable", py.display()));
     Some(PathBuf::from(r.stdout.trim()))
+}
+
+/// A program a test needs, found on PATH. A missing one fails the test
+/// with its name, unless `PYMALLOC_TESTS_ALLOW_MISSING` names it (a comma-
+/// separated list, or `all`): then the test says it skipped and passes.
+pub fn require_tool(name: &str) -> Option<PathBuf> {
+    if let Some(found) = find_tool(name) {
+        return Some(found);
+    }
+    let allowed = std::env::var("PYMALLOC_TESTS_ALLOW_MISSING").unwrap_or_default();
+    if allowed.split(',').any(|t| t.trim() == name || t.trim() == "all") {
+        eprintln!("SKIPPED: `{name}` is not installed (PYMALLOC_TESTS_ALLOW_MISSING)");
+        return None;
+    }
+    panic!(
+        "`{name}` is not installed: install it (.ci/run does), or set \
+         PYMALLOC_TESTS_ALLOW_MISSING={name} to skip the tests that need it"
+    );
 }
 
 /// Finds an executable on PATH.

@@ -10,9 +10,11 @@ replaced every few tasks (so they too are forked while all this runs).
 Children do not import: a module another thread was importing at the
 fork has its import lock held forever in the child (CPython's own
 limitation, whatever the allocator). Any child that does not
-finish within 10 seconds is a deadlock and fails the run.
+finish within 10 seconds is a deadlock and fails the run. Every child,
+and the parent at the end, checks the heap (pymalloc_check_heap()).
 """
 
+import ctypes
 import importlib
 import json
 import multiprocessing
@@ -32,6 +34,10 @@ CHILD_TIMEOUT = 10.0
 stop = threading.Event()
 handoff = queue.Queue(maxsize=1000)
 failures = []
+
+
+# The library's heap walk (0: consistent), bound before any thread starts.
+check_heap = ctypes.CDLL(None).pymalloc_check_heap
 
 
 def fail(message):
@@ -132,7 +138,7 @@ def main():
                     text = json.dumps({"k": k, "data": data})
                     packed = zlib.compress(text.encode())
                     ok = json.loads(zlib.decompress(packed))["data"] == data
-                    code = 0 if ok else 1
+                    code = 0 if ok and check_heap() == 0 else 1
                 except BaseException:
                     code = 1
                 os._exit(code)
@@ -148,6 +154,8 @@ def main():
         t.join()
     if len(imported) < 20:
         fail("only %d extension modules imported" % len(imported))
+    if check_heap() != 0:
+        fail("pymalloc_check_heap() found the heap inconsistent")
     if failures:
         sys.exit(1)
     print("stress done: %d forks, %d extension modules imported" % (FORKS, len(imported)))

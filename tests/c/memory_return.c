@@ -1,0 +1,101 @@
+/* Memory going back to the OS, in a real process (driven by
+   tests/options.rs, which sets the options):
+     memory_return trim            malloc_trim releases every empty pool,
+                                   free arena and cached mapping, returns 1,
+                                   and 0 when nothing is left to release;
+     memory_return decay released  freed large mappings stay cached until
+     memory_return decay kept      PYMALLOC_DECAY_MS has passed ("released":
+                                   the driver set a short delay) or not
+                                   (a long one);
+     memory_return cache N         after freeing six 2 MiB blocks, N
+                                   mappings are cached (PYMALLOC_LARGE_CACHE
+                                   bounds their bytes, and each mapping to a
+                                   quarter of it). */
+#include "check.h"
+
+#include <time.h>
+
+#include "pymalloc.h"
+
+enum { SMALL = 20000, LARGE = 6, LARGE_SIZE = 2 << 20 };
+
+static pymalloc_stats get(void) {
+    pymalloc_stats s;
+    s.size = sizeof s;
+    CHECK(pymalloc_get_stats(&s) == 0, "pymalloc_get_stats failed");
+    return s;
+}
+
+/* Many small blocks allocated, written and freed: more than a cache in
+   front of the heap could keep, so frees reach the heap (and its clock). */
+static void churn_small(void) {
+    static void *p[SMALL];
+    for (int i = 0; i < SMALL; i++) {
+        p[i] = malloc(opaque(64));
+        CHECK(p[i] != NULL, "malloc(64) failed");
+        memset(p[i], i, 64);
+    }
+    for (int i = 0; i < SMALL; i++) free(p[i]);
+}
+
+static void churn_large(void) {
+    void *p[LARGE];
+    for (int i = 0; i < LARGE; i++) {
+        p[i] = malloc(opaque(LARGE_SIZE));
+        CHECK(p[i] != NULL, "malloc(2 MiB) failed");
+        memset(p[i], i, LARGE_SIZE);
+    }
+    for (int i = 0; i < LARGE; i++) free(p[i]);
+}
+
+int main(int argc, char **argv) {
+    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N");
+    if (strcmp(argv[1], "trim") == 0) {
+        churn_small();
+        churn_large();
+        pymalloc_stats before = get();
+        CHECK(before.cached_mappings > 0, "no freed mapping cached before the trim");
+        int released = malloc_trim(0);
+        pymalloc_stats after = get();
+        CHECK(released == 1, "malloc_trim returned %d with memory to release", released);
+        CHECK(after.cached_mappings == 0 && after.cached_bytes == 0, "%zu mappings (%zu bytes) still cached after malloc_trim",
+              after.cached_mappings, after.cached_bytes);
+        CHECK(after.free_arena_bytes == 0, "%zu bytes of free arenas kept after malloc_trim", after.free_arena_bytes);
+        CHECK(after.bytes_returned >= before.bytes_returned + LARGE * (size_t)LARGE_SIZE,
+              "bytes returned to the OS %zu -> %zu", before.bytes_returned, after.bytes_returned);
+        CHECK(after.bytes_mapped + LARGE * (size_t)LARGE_SIZE <= before.bytes_mapped, "bytes mapped %zu -> %zu",
+              before.bytes_mapped, after.bytes_mapped);
+        CHECK(malloc_trim(0) == 0, "a second malloc_trim found something to release");
+    } else if (strcmp(argv[1], "decay") == 0 && argc == 3) {
+        int expect_released = strcmp(argv[2], "released") == 0;
+        /* Read the clock once first (every 4096 frees): what is freed
+           before its first reading is stamped 0, i.e. long ago, and goes
+           at the first reading whatever PYMALLOC_DECAY_MS says. */
+        churn_small();
+        churn_large();
+        pymalloc_stats before = get();
+        CHECK(before.cached_mappings == LARGE, "%zu mappings cached, want %d", before.cached_mappings, LARGE);
+        struct timespec pause = {0, 300 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        churn_small();
+        churn_small();
+        pymalloc_stats after = get();
+        if (expect_released)
+            CHECK(after.cached_mappings == 0 && after.bytes_returned >= before.bytes_returned + LARGE * (size_t)LARGE_SIZE,
+                  "after the decay delay: %zu mappings cached, bytes returned %zu -> %zu", after.cached_mappings,
+                  before.bytes_returned, after.bytes_returned);
+        else
+            CHECK(after.cached_mappings == LARGE, "before the decay delay: %zu mappings cached, want %d",
+                  after.cached_mappings, LARGE);
+    } else if (strcmp(argv[1], "cache") == 0 && argc == 3) {
+        size_t want = strtoul(argv[2], NULL, 10);
+        churn_large();
+        pymalloc_stats s = get();
+        CHECK(s.cached_mappings == want, "%zu mappings cached, want %zu", s.cached_mappings, want);
+        CHECK(s.cached_bytes == want * LARGE_SIZE, "%zu bytes cached, want %zu", s.cached_bytes, want * LARGE_SIZE);
+    } else {
+        CHECK(0, "unknown mode %s", argv[1]);
+    }
+    CHECK(pymalloc_check_heap() == 0, "heap check failed");
+    return 0;
+}

@@ -1,0 +1,3 @@
+import os, unittest
+class T(unittest.TestCase):
+    def test_abort(self): os.abort()

@@ -1,0 +1,3 @@
+import unittest
+class T(unittest.TestCase):
+    def test_leave_file(self): open("left_behind.txt", "w").close()

@@ -1,0 +1,3 @@
+import unittest
+from test import support
+support.requires("nosuchresource")

@@ -1,0 +1,2 @@
+import unittest
+raise unittest.SkipTest("nothing to test here")
