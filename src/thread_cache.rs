@@ -57,9 +57,10 @@
 //! constructor has run and once the process has a second thread (earlier
 //! calls use the heap directly: with one thread the heap's lock is elided
 //! and the pools serve a call with less work than a cache's bookkeeping),
-//! from a slab under the heap lock. The debug mode never makes one. A pthread key's destructor flushes it when the
-//! thread exits; after that the thread's calls use the heap directly, so
-//! destructors that run after ours still work. `malloc_trim` flushes the
+//! from a slab under the heap lock. The debug mode never makes one. A
+//! pthread key's destructor flushes it when the thread exits; after that
+//! the thread's calls use the heap directly, so destructors that run
+//! after ours still work. `malloc_trim` flushes the
 //! calling thread's cache. After `fork` the child's thread keeps its
 //! cache and the caches of threads that do not exist in the child are
 //! given back to the heap (`reclaim_after_fork`).
@@ -94,19 +95,7 @@ const LAST_STATE: usize = 4095;
 
 const _: () = assert!(CACHED_CLASSES <= NUM_CLASSES);
 
-#[cfg(target_arch = "x86_64")]
-core::arch::global_asm!(
-    ".pushsection .tbss,\"awT\",%nobits",
-    ".p2align 3",
-    ".globl pymalloc_thread_cache",
-    ".hidden pymalloc_thread_cache",
-    ".type pymalloc_thread_cache, %object",
-    ".size pymalloc_thread_cache, 8",
-    "pymalloc_thread_cache:",
-    ".zero 8",
-    ".popsection",
-);
-#[cfg(target_arch = "aarch64")]
+// The slot: 8 bytes of `.tbss`, hidden (a symbol of this library only).
 core::arch::global_asm!(
     ".pushsection .tbss,\"awT\",%nobits",
     ".p2align 3",
@@ -407,11 +396,13 @@ impl ThreadCache {
         if next as usize % crate::geometry::MIN_ALIGN != 0 {
             corrupted(block, bin.size, function);
         }
-        let count = bin.count.load(Relaxed) - 1;
+        // Wrapping: a list longer than its count (an overwritten link)
+        // is found by the next flush or heap check, not by a panic here.
+        let count = bin.count.load(Relaxed).wrapping_sub(1);
         bin.head = next;
         bin.count.store(count, Relaxed);
         let size = bin.size as usize;
-        self.bytes.store(self.bytes.load(Relaxed) - size, Relaxed);
+        self.bytes.store(self.bytes.load(Relaxed).wrapping_sub(size), Relaxed);
         // SAFETY: as above; the block is handed out: its key is cleared.
         unsafe { block.cast::<usize>().add(1).write(0) };
         block
@@ -508,7 +499,8 @@ impl ThreadCache {
     /// `free` of a block of `class` into a bin that is full, or a cache
     /// over its byte limit, or when a tick is due: under one lock, gives
     /// back half the bin (or half of every bin), and on a tick reads the
-    /// clock and gives back what was not used lately.
+    /// clock (the heap's decay) and, once per decay period, gives back
+    /// the whole cache.
     #[cold]
     #[inline(never)]
     fn free_slow(&mut self, p: *mut u8, class: usize) {
@@ -573,7 +565,7 @@ impl ThreadCache {
         }
         bin.head = if left == 0 { ptr::null_mut() } else { block };
         bin.count.store(left, Relaxed);
-        self.bytes.store(self.bytes.load(Relaxed) - (count - left) as usize * size, Relaxed);
+        self.bytes.store(self.bytes.load(Relaxed).saturating_sub((count - left) as usize * size), Relaxed);
         result
     }
 
