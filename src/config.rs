@@ -237,7 +237,7 @@ options! {
     large_cache: usize = 64 << 20, "PYMALLOC_LARGE_CACHE";
     /// Most bytes of free blocks each thread keeps in its cache in front
     /// of the heap's lock (`0`: no thread caches).
-    thread_cache: usize = 256 << 10, "PYMALLOC_THREAD_CACHE";
+    thread_cache: usize = 512 << 10, "PYMALLOC_THREAD_CACHE";
 }
 
 const UNRESOLVED: u8 = 0;
@@ -441,7 +441,7 @@ mod tests {
             text,
             "PYMALLOC_SHOW_STATS=0\nPYMALLOC_STATS_FILE=\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\n\
              PYMALLOC_DEBUG_QUARANTINE=0\nPYMALLOC_DECAY_MS=250\nPYMALLOC_LARGE_CACHE=67108864\n\
-             PYMALLOC_THREAD_CACHE=262144\n"
+             PYMALLOC_THREAD_CACHE=524288\n"
         );
     }
 

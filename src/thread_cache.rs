@@ -73,7 +73,7 @@ use crate::config;
 use crate::hardening::Secret;
 use crate::heap::{Fault, HEAP, Heap};
 use crate::lock::single_threaded;
-use crate::purge::TICK_FREES;
+use crate::purge::{self, TICK_FREES};
 use crate::size_class::{NUM_CLASSES, class_info, class_of};
 use crate::slab::Slab;
 
@@ -222,7 +222,7 @@ fn create() -> Option<&'static mut ThreadCache> {
         if !cache.is_null() {
             heap.ensure_secret();
             // SAFETY: a fresh slot of the right size, ours alone.
-            unsafe { cache.write(ThreadCache::new(heap.secret(), limit)) };
+            unsafe { cache.write(ThreadCache::new(heap.secret(), limit, purge::now_ms())) };
             registry.link(cache);
         }
         cache
@@ -356,7 +356,7 @@ pub struct ThreadCache {
 }
 
 impl ThreadCache {
-    fn new(secret: Secret, limit: usize) -> ThreadCache {
+    fn new(secret: Secret, limit: usize, now: u64) -> ThreadCache {
         ThreadCache {
             bins: core::array::from_fn(|class| {
                 let size = class_info(class).size;
@@ -367,7 +367,7 @@ impl ThreadCache {
             limit,
             ticks: TICK_FREES,
             secret,
-            scavenged_at: 0,
+            scavenged_at: now,
             next: ptr::null_mut(),
             prev: ptr::null_mut(),
         }
@@ -700,7 +700,7 @@ mod tests {
     fn new_cache(limit: usize) -> Box<ThreadCache> {
         let mut heap = HEAP.lock();
         heap.ensure_secret();
-        Box::new(ThreadCache::new(heap.secret(), limit))
+        Box::new(ThreadCache::new(heap.secret(), limit, 0))
     }
 
     /// Random mallocs and frees through a cache (on the process's test
