@@ -241,3 +241,21 @@ fn python_threads_fork_and_imports() {
     r.assert_success("python3 tests/python/stress.py");
     assert!(r.stdout.contains("stress done"), "unexpected output: {}", r.stdout);
 }
+
+/// The library `dlopen`ed into a process whose malloc stays glibc's: its
+/// initial-exec TLS (the thread caches' slot) comes from glibc's static
+/// TLS reserve, and its functions work from several threads.
+#[test]
+fn dlopen_of_the_library() {
+    let exe = scratch_dir("stress", "dlopen-library").join("dlopen_library");
+    let src = repo_root().join("tests/c/dlopen_library.c");
+    gcc(
+        &["-O2", "-g", "-pthread", "-o", &exe.to_string_lossy(), &src.to_string_lossy(), "-ldl"],
+        "gcc dlopen_library.c",
+    );
+    let mut cmd = Command::new(&exe);
+    clean_env(&mut cmd).arg(library());
+    let r = run(cmd, TIMEOUT, "dlopen_library");
+    r.assert_success("dlopen_library");
+    assert_eq!(r.stdout, "ok\n");
+}
