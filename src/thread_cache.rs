@@ -149,6 +149,12 @@ fn slot() -> *mut usize {
 /// over, or there was no memory for it.
 #[inline(always)]
 pub fn current() -> Option<&'static mut ThreadCache> {
+    // First, so that a single-threaded call pays one load for the cache
+    // (glibc never sets the flag again once a thread was created, so no
+    // cache exists while it is set).
+    if single_threaded() {
+        return None;
+    }
     // SAFETY: the slot is this thread's own word, written only by it.
     let value = unsafe { slot().read() };
     if value > LAST_STATE {
@@ -156,7 +162,7 @@ pub fn current() -> Option<&'static mut ThreadCache> {
         // used only by this thread (see the module docs).
         return Some(unsafe { &mut *(value as *mut ThreadCache) });
     }
-    if value == NONE && !single_threaded() { create() } else { None }
+    if value == NONE { create() } else { None }
 }
 
 /// Set by the library's constructor: caches are made only after it, when
@@ -340,15 +346,15 @@ struct Bin {
     size: u32,
 }
 
-#[repr(C)]
+#[repr(C)] // what every call reads first, in one cache line with the smallest bins
 pub struct ThreadCache {
-    bins: [Bin; CACHED_CLASSES],
+    secret: Secret,
     /// Bytes held by all bins (atomic for statistics, as `Bin::count`).
     bytes: AtomicUsize,
     limit: usize,
     /// Frees left until this thread next reads the clock.
     ticks: u32,
-    secret: Secret,
+    bins: [Bin; CACHED_CLASSES],
     /// The clock (ms) at the last scavenge.
     scavenged_at: u64,
     next: *mut ThreadCache,
