@@ -3,7 +3,7 @@
  *       pthread_exit, with key destructors that allocate and free after
  *       ours ran) each fill their cache and exit; afterwards the bytes and
  *       blocks in use are back where they were and only the main thread
- *       still has a cache.
+ *       still has a cache, which malloc_trim empties.
  *   thread_cache fork ROUNDS    threads hold full caches while the main
  *       thread forks; each child allocates, checks the heap, and finds
  *       only its own cache (the others' blocks went back to the heap).
@@ -70,6 +70,12 @@ static void exit_mode(int threads) {
     pymalloc_stats before = stats_now();
     run_threads(threads);
     check_back(before, threads);
+    /* malloc_trim gives the calling thread's cache back. */
+    malloc_trim(0);
+    pymalloc_stats trimmed = stats_now();
+    CHECK(trimmed.thread_cache_blocks == 0 && trimmed.bytes_in_use == before.bytes_in_use,
+          "after malloc_trim: %zu cached blocks, %zu bytes in use (%zu before)", trimmed.thread_cache_blocks,
+          trimmed.bytes_in_use, before.bytes_in_use);
     CHECK(pymalloc_check_heap() == 0, "heap check");
 }
 
