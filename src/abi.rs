@@ -63,10 +63,10 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
 /// and the options are resolved (without the debug mode), else the
 /// general one.
 #[inline(always)]
-fn malloc_fast(n: usize) -> *mut c_void {
+fn malloc_fast(n: usize, function: &str) -> *mut c_void {
     if n <= CACHE_MAX {
         if let Some(cache) = thread_cache::current() {
-            return cache.alloc(class_of(n), "malloc").cast();
+            return cache.alloc(class_of(n), function).cast();
         }
     }
     if n <= MEDIUM_MAX && config::fast_paths() {
@@ -77,7 +77,7 @@ fn malloc_fast(n: usize) -> *mut c_void {
             }
         }
     }
-    alloc_general(n, "malloc")
+    alloc_general(n, function)
 }
 
 #[inline(never)]
@@ -157,7 +157,7 @@ fn release(p: *mut c_void, function: &str) {
 
 fn resize(p: *mut c_void, n: usize) -> *mut c_void {
     if p.is_null() {
-        return malloc_fast(n);
+        return malloc_fast(n, "realloc");
     }
     if n == 0 {
         free_fast(p, "realloc");
@@ -170,7 +170,7 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
             if stays_in_place(n, usable, class) {
                 return p;
             }
-            let q = malloc_fast(n);
+            let q = malloc_fast(n, "realloc");
             if q.is_null() {
                 // A shrink may keep the old block; a growth fails.
                 return if n <= usable { p } else { q };
@@ -304,7 +304,7 @@ fn pvalloc_impl(n: usize) -> *mut c_void {
 /// C `malloc`.
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn malloc(size: usize) -> *mut c_void {
-    malloc_fast(size)
+    malloc_fast(size, "malloc")
 }
 
 /// C `free`.
@@ -409,7 +409,7 @@ pub extern "C" fn malloc_usable_size(p: *mut c_void) -> usize {
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
 pub extern "C" fn __libc_malloc(size: usize) -> *mut c_void {
-    malloc_fast(size)
+    malloc_fast(size, "malloc")
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]
