@@ -17,7 +17,8 @@ use crate::hardening::Secret;
 use crate::geometry::{
     ARENA_SIZE, GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT,
 };
-use crate::large::{self, LargeBlock, LargeCache, RecentlyFreed};
+use crate::large::{LargeBlock, LargeCache, RecentlyFreed};
+use crate::region::{self, Regions};
 use crate::lock::FutexMutex;
 use crate::os;
 use crate::pool::Pool;
@@ -127,6 +128,7 @@ pub struct Heap {
     arena_records: Slab<Arena>,
     large_records: Slab<LargeBlock>,
     large_cache: LargeCache,
+    regions: Regions,
     /// Large blocks freed lately, to tell a double free from a wild pointer.
     recently_freed: RecentlyFreed,
     /// The debug mode's freed blocks waiting before reuse (`debug_mode`).
@@ -155,6 +157,7 @@ impl Heap {
             arena_records: Slab::new(),
             large_records: Slab::new(),
             large_cache: LargeCache::new(),
+            regions: Regions::new(),
             recently_freed: RecentlyFreed::new(),
             quarantine: Quarantine::new(),
             secret: Secret::UNSET,
@@ -500,7 +503,7 @@ impl Heap {
         let evicted = self.large_cache.evict_older(cutoff);
         released |= !evicted.is_null();
         self.unmap_large_list(evicted);
-        released
+        released | self.decay_spans(cutoff)
     }
 
     /// Bytes usable at `p` (not null).
@@ -870,39 +873,52 @@ impl Heap {
     }
 
     /// A large block of at least `n` bytes (and one granule) whose address
-    /// is a multiple of `align` (a power of two, at least a page).
+    /// is a multiple of `align` (a power of two, at least a page): a span
+    /// of a region when it is small enough, else a mapping of its own.
     fn alloc_large(&mut self, n: usize, align: usize) -> Block {
         if n > MAX_REQUEST {
             return Block::NONE;
         }
         let len = os::page_round_up(n.max(GRANULE_SIZE));
-        let (block, zeroed) = match self.reuse_cached(len, align) {
-            Some(block) => (block, false),
-            None => {
-                let base = self.map_memory(len, align);
-                if base.is_null() {
-                    return Block::NONE;
-                }
-                let block = self.large_records.alloc();
-                if block.is_null() {
-                    // SAFETY: mapped just above, unused.
-                    unsafe { os::unmap(base, len) };
-                    return Block::NONE;
-                }
-                // SAFETY: the slot is ours.
-                unsafe { block.write(LargeBlock::new(base, len)) };
-                (block, true)
-            }
+        let found = if align <= PAGE_SIZE && len <= region::SPAN_MAX {
+            self.take_span(len)
+        } else {
+            self.take_mapping(len, align)
+        };
+        let Some((block, zeroed)) = found else {
+            return Block::NONE;
         };
         // SAFETY: `block` is a live descriptor owned by nobody else.
         let b = unsafe { &mut *block };
         if !self.map.insert(b.base as usize, GRANULE_SIZE, Owner::Large(block)) {
-            self.unmap_large(b);
+            self.unallocate_large(b);
             return Block::NONE;
         }
         self.counters.large_blocks += 1;
         self.counters.large_bytes += b.len;
         Block { ptr: b.base, zeroed }
+    }
+
+    /// A mapping of its own for a block of `len` bytes aligned to `align`:
+    /// a cached one if any serves, else a new one. Also whether it reads
+    /// as zero.
+    fn take_mapping(&mut self, len: usize, align: usize) -> Option<(*mut LargeBlock, bool)> {
+        if let Some(block) = self.reuse_cached(len, align) {
+            return Some((block, false));
+        }
+        let base = self.map_memory(len, align);
+        if base.is_null() {
+            return None;
+        }
+        let block = self.large_records.alloc();
+        if block.is_null() {
+            // SAFETY: mapped just above, unused.
+            unsafe { os::unmap(base, len) };
+            return None;
+        }
+        // SAFETY: the slot is ours.
+        unsafe { block.write(LargeBlock::new(base, len)) };
+        Some((block, true))
     }
 
     /// A cached mapping made `len` bytes long: one much longer is split
@@ -937,7 +953,7 @@ impl Heap {
         let tail_base = unsafe { b.base.add(len) };
         let tail_len = b.len - len;
         b.len = len;
-        let record = if LargeCache::accepts(tail_len) { self.large_records.alloc() } else { ptr::null_mut() };
+        let record = if self.large_cache.accepts(tail_len) { self.large_records.alloc() } else { ptr::null_mut() };
         if record.is_null() {
             // SAFETY: the tail is ours and unused.
             unsafe { os::unmap(tail_base, tail_len) };
@@ -952,19 +968,187 @@ impl Heap {
         self.unmap_large_list(evicted);
     }
 
+    /// A span of `len` bytes (a multiple of the page size) from the
+    /// regions, mapping a new region if no free span is big enough; also
+    /// whether it reads as zero.
+    fn take_span(&mut self, len: usize) -> Option<(*mut LargeBlock, bool)> {
+        let span = match self.regions.take(len) {
+            Some(span) => span,
+            None => self.map_region(len)?,
+        };
+        // SAFETY: a free span just taken out of its bin: ours alone.
+        let s = unsafe { &mut *span };
+        if s.len > len {
+            let rest = self.large_records.alloc();
+            if !rest.is_null() {
+                // SAFETY: the slot is ours; `len` is inside the span, and
+                // the rest joins the span's place in the region's tiling.
+                unsafe {
+                    rest.write(LargeBlock::span(s.base.add(len), s.len - len, s.dirty_len.saturating_sub(len), s.freed_at));
+                    self.split_off(s, &mut *rest);
+                    self.regions.bin(&mut *rest);
+                }
+            }
+        }
+        s.free = false;
+        Some((span, s.dirty_len == 0))
+    }
+
+    /// A new region for a span of at least `len` bytes, as one free span.
+    fn map_region(&mut self, len: usize) -> Option<*mut LargeBlock> {
+        let (mut base, mut size) = (os::map(region::REGION_SIZE), region::REGION_SIZE);
+        if base.is_null() {
+            (base, size) = (self.map_memory(len, PAGE_SIZE), len);
+            if base.is_null() {
+                return None;
+            }
+        }
+        let span = self.large_records.alloc();
+        if span.is_null() {
+            // SAFETY: mapped just above, unused.
+            unsafe { os::unmap(base, size) };
+            return None;
+        }
+        // SAFETY: the slot is ours.
+        unsafe { span.write(LargeBlock::span(base, size, 0, 0)) };
+        self.regions.regions += 1;
+        self.regions.region_bytes += size;
+        Some(span)
+    }
+
+    /// Makes `rest` (the pages right after `s.len`, up to the old end of
+    /// `s`) `s`'s right neighbour.
+    fn split_off(&mut self, s: &mut LargeBlock, rest: &mut LargeBlock) {
+        rest.left = s;
+        rest.right = s.right;
+        // SAFETY: a span's neighbours are live descriptors of its region.
+        if let Some(right) = unsafe { s.right.as_mut() } {
+            right.left = rest;
+        }
+        s.right = rest;
+        s.len -= rest.len;
+    }
+
+    /// Bins free span `s` (out of any bin), merged with its free
+    /// neighbours. Returns the merged span.
+    fn release_span<'a>(&mut self, mut s: &'a mut LargeBlock) -> &'a mut LargeBlock {
+        // SAFETY: a span's neighbours are live descriptors of its region,
+        // binned when free; a merged-away descriptor is referred to by
+        // nothing once its neighbours are relinked.
+        unsafe {
+            if let Some(left) = s.left.as_mut().filter(|l| l.free) {
+                self.regions.unbin(left);
+                self.absorb(left, s);
+                s = left;
+            }
+            if let Some(right) = s.right.as_mut().filter(|r| r.free) {
+                self.regions.unbin(right);
+                self.absorb(s, right);
+            }
+        }
+        self.regions.bin(s);
+        s
+    }
+
+    /// Merges free span `right` (out of its bin) into its left neighbour
+    /// `s` and frees its descriptor.
+    fn absorb(&mut self, s: &mut LargeBlock, right: &mut LargeBlock) {
+        if right.dirty_len > 0 {
+            s.dirty_len = s.len + right.dirty_len;
+        }
+        s.len += right.len;
+        s.freed_at = s.freed_at.max(right.freed_at);
+        s.right = right.right;
+        // SAFETY: as in `split_off`; nothing refers to `right` any more.
+        unsafe {
+            if let Some(next) = right.right.as_mut() {
+                next.left = s;
+            }
+            self.large_records.free(right);
+        }
+    }
+
+    /// Gives back the pages of free spans unused since `cutoff` (ms), and
+    /// unmaps regions that are one such span; true if there were any.
+    fn decay_spans(&mut self, cutoff: u64) -> bool {
+        // Take them out of their bins first, marked not free, so that
+        // merging one cannot reach another before its turn.
+        let mut unused: *mut LargeBlock = ptr::null_mut();
+        self.regions.for_each_free(|regions, span| {
+            // SAFETY: binned spans are live descriptors of free pages.
+            let s = unsafe { &mut *span };
+            if s.freed_at <= cutoff {
+                regions.unbin(s);
+                s.free = false;
+                s.next = unused;
+                unused = s;
+            }
+        });
+        let mut released = false;
+        // SAFETY: spans unbinned above: free pages nobody else refers to.
+        while let Some(s) = unsafe { unused.as_mut() } {
+            unused = s.next;
+            if s.dirty_len > 0 {
+                // SAFETY: the span's pages hold no live block.
+                unsafe { os::decommit(s.base, s.dirty_len) };
+                s.dirty_len = 0;
+                released = true;
+            }
+            s.free = true;
+            let merged = self.release_span(s);
+            if merged.is_whole_region() && merged.freed_at <= cutoff {
+                self.regions.unbin(merged);
+                self.regions.regions -= 1;
+                self.regions.region_bytes -= merged.len;
+                self.unmap_large(merged);
+                released = true;
+            }
+        }
+        released
+    }
+
+    /// Returns a large block that never reached its owner.
+    fn unallocate_large(&mut self, b: &mut LargeBlock) {
+        if b.in_region {
+            b.free = true;
+            b.dirty_len = b.len;
+            self.release_span(b);
+        } else {
+            self.unmap_large(b);
+        }
+    }
+
     fn free_large(&mut self, block: *mut LargeBlock) {
+        let now = self.large_stamp();
         // SAFETY: the caller found it in the map, so it is live.
         let b = unsafe { &mut *block };
         self.map.remove(b.base as usize, GRANULE_SIZE);
         self.counters.large_blocks -= 1;
         self.counters.large_bytes -= b.len;
         self.recently_freed.record(b.base);
-        if LargeCache::accepts(b.len) {
-            let evicted = self.large_cache.insert(b, self.clock);
+        if b.in_region {
+            b.free = true;
+            b.dirty_len = b.len;
+            b.freed_at = now;
+            self.release_span(b);
+        } else if self.large_cache.learn(b.len, self.counters.large_bytes) {
+            let evicted = self.large_cache.insert(b, now);
             self.unmap_large_list(evicted);
         } else {
             self.unmap_large(b);
         }
+    }
+
+    /// The time stamp of a large block freed now: read anew (a large free
+    /// costs far more than the clock), with a tick when the last one is a
+    /// decay period old, so that programs that free mostly large blocks
+    /// still give back what they stopped using.
+    fn large_stamp(&mut self) -> u64 {
+        let now = purge::now_ms();
+        if now.saturating_sub(self.clock) >= config::get().decay_ms as u64 {
+            return self.tick();
+        }
+        now
     }
 
     fn unmap_large(&mut self, block: &mut LargeBlock) {
@@ -978,7 +1162,7 @@ impl Heap {
     fn unmap_large_list(&mut self, mut list: *mut LargeBlock) {
         // SAFETY: lists from the cache hold live descriptors it let go of.
         while let Some(block) = unsafe { list.as_mut() } {
-            list = large::next_in_list(block);
+            list = block.next;
             self.unmap_large(block);
         }
     }
@@ -991,6 +1175,9 @@ impl Heap {
             return Resize::Failed;
         }
         let len = os::page_round_up(n.max(GRANULE_SIZE));
+        if b.in_region {
+            return self.resize_span(b, len);
+        }
         if len <= b.len {
             if len < b.len {
                 // SAFETY: the tail beyond `len` is ours and the caller gave it up.
@@ -1031,6 +1218,57 @@ impl Heap {
         b.base = target;
         b.len = len;
         Resize::Done(target)
+    }
+
+    /// `resize_large` for a span, to `len` bytes (a multiple of the page
+    /// size): a shrink frees the tail, a growth takes the pages of a free
+    /// right neighbour; otherwise the block moves.
+    fn resize_span(&mut self, b: &mut LargeBlock, len: usize) -> Resize {
+        if len < b.len {
+            let tail = self.large_records.alloc();
+            if !tail.is_null() {
+                let now = self.large_stamp();
+                // SAFETY: the slot is ours; the tail beyond `len` is ours
+                // and the caller gave it up.
+                unsafe {
+                    tail.write(LargeBlock::span(b.base.add(len), b.len - len, b.len - len, now));
+                    self.split_off(b, &mut *tail);
+                    self.release_span(&mut *tail);
+                }
+                self.counters.large_bytes -= b.len - len;
+            }
+            return Resize::Done(b.base);
+        }
+        if len == b.len {
+            return Resize::Done(b.base);
+        }
+        // SAFETY: a span's neighbours are live descriptors of its region.
+        match unsafe { b.right.as_mut() } {
+            Some(right) if right.free && b.len + right.len >= len => {
+                let grown = len - b.len;
+                self.regions.unbin(right);
+                if right.len > grown {
+                    // SAFETY: `grown` is inside the free span.
+                    right.base = unsafe { right.base.add(grown) };
+                    right.len -= grown;
+                    right.dirty_len = right.dirty_len.saturating_sub(grown);
+                    self.regions.bin(right);
+                } else {
+                    b.right = right.right;
+                    // SAFETY: as above; nothing refers to `right` any more.
+                    unsafe {
+                        if let Some(next) = right.right.as_mut() {
+                            next.left = b;
+                        }
+                        self.large_records.free(right);
+                    }
+                }
+                self.counters.large_bytes += grown;
+                b.len = len;
+                Resize::Done(b.base)
+            }
+            _ => Resize::Move { usable: b.len },
+        }
     }
 
     /// Gives back to the OS all memory that holds no live block: empty
@@ -1075,6 +1313,10 @@ impl Heap {
 
     pub fn large_cache(&self) -> &LargeCache {
         &self.large_cache
+    }
+
+    pub fn regions(&self) -> &Regions {
+        &self.regions
     }
 
     #[cfg(test)]

@@ -8,35 +8,73 @@
 //! the cached mapping that fits it best, trimmed or grown with `mremap`
 //! (which keeps its pages), and mappings unused for `PYMALLOC_DECAY_MS` go
 //! back to the OS.
+//!
+//! How much the cache keeps is learned, as glibc learns its mmap
+//! threshold: twice the largest mapping freed lately, at most
+//! `PYMALLOC_LARGE_CACHE`. A program that replaces 20 MiB buffers keeps
+//! one or two of them resident for the next request; one that frees a
+//! few 200 KiB buffers keeps 400 KiB, not tens of MiB. Each time decay
+//! gives cached mappings back unused, the limit halves.
 
 use core::ptr;
 
 use crate::config;
 use crate::geometry::PAGE_SIZE;
 
-/// One large block: the mapping `base..base+len`, all of it usable.
+/// One large block: `base..base+len`, all of it usable; a mapping of its
+/// own, or a span of a region (`crate::region`).
 pub struct LargeBlock {
     pub base: *mut u8,
     pub len: usize,
-    /// Neighbours in the cache while the mapping is cached, since
-    /// `freed_at` (ms).
-    next: *mut LargeBlock,
-    prev: *mut LargeBlock,
-    freed_at: u64,
+    /// Neighbours in the cache (a mapping) or in a bin (a free span) while
+    /// free, since `freed_at` (ms).
+    pub next: *mut LargeBlock,
+    pub prev: *mut LargeBlock,
+    pub freed_at: u64,
+    /// A span's neighbours in address order within its region (null at
+    /// the region's ends; always null for a mapping).
+    pub left: *mut LargeBlock,
+    pub right: *mut LargeBlock,
+    pub in_region: bool,
+    /// A span that is free pages, not a live block.
+    pub free: bool,
+    /// A free span's first `dirty_len` bytes may hold resident pages
+    /// (written since they were last given back); the rest reads as zero.
+    pub dirty_len: usize,
 }
 
 impl LargeBlock {
+    /// A mapping of its own.
     pub fn new(base: *mut u8, len: usize) -> Self {
-        LargeBlock { base, len, next: ptr::null_mut(), prev: ptr::null_mut(), freed_at: 0 }
+        LargeBlock {
+            base,
+            len,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            freed_at: 0,
+            left: ptr::null_mut(),
+            right: ptr::null_mut(),
+            in_region: false,
+            free: false,
+            dirty_len: 0,
+        }
+    }
+
+    /// A free span of a region.
+    pub fn span(base: *mut u8, len: usize, dirty_len: usize, freed_at: u64) -> Self {
+        LargeBlock { freed_at, in_region: true, free: true, dirty_len, ..LargeBlock::new(base, len) }
+    }
+
+    /// Whether this span is its whole region.
+    pub fn is_whole_region(&self) -> bool {
+        self.left.is_null() && self.right.is_null()
     }
 }
 
-/// Most mappings the cache holds (bytes: `PYMALLOC_LARGE_CACHE`).
+/// Most mappings the cache holds.
 const CACHE_MAX_ENTRIES: usize = 64;
 
-fn max_bytes() -> usize {
-    config::get().large_cache
-}
+const LIVE_SHARE: usize = 4;
 
 /// Freed mappings, most recently freed first.
 pub struct LargeCache {
@@ -44,11 +82,21 @@ pub struct LargeCache {
     tail: *mut LargeBlock,
     pub entries: usize,
     pub bytes: usize,
+    /// The most bytes the cache holds (see the module doc).
+    pub limit: usize,
 }
 
 impl LargeCache {
     pub const fn new() -> Self {
-        LargeCache { head: ptr::null_mut(), tail: ptr::null_mut(), entries: 0, bytes: 0 }
+        LargeCache { head: ptr::null_mut(), tail: ptr::null_mut(), entries: 0, bytes: 0, limit: 0 }
+    }
+
+    /// Learns from a freed mapping of `len` bytes while `live` bytes stay
+    /// in large blocks; whether the cache takes it.
+    pub fn learn(&mut self, len: usize, live: usize) -> bool {
+        let cap = config::get().large_cache;
+        self.limit = self.limit.max(len.saturating_mul(2)).max(live / LIVE_SHARE).min(cap);
+        len <= self.limit
     }
 
     /// Takes the cached mapping to reuse for `len` bytes at alignment
@@ -94,6 +142,9 @@ impl LargeCache {
             oldest.next = evicted;
             evicted = oldest;
         }
+        if self.entries == 0 {
+            self.limit = 0; // large blocks are no longer replaced: learn anew
+        }
         evicted
     }
 
@@ -110,16 +161,17 @@ impl LargeCache {
         false
     }
 
-    /// Whether a mapping of `len` bytes may be cached at all.
-    pub fn accepts(len: usize) -> bool {
-        len <= max_bytes() / 4
+    /// Whether a mapping of `len` bytes fits the cache at all.
+    pub fn accepts(&self, len: usize) -> bool {
+        len <= self.limit
     }
 
-    /// Caches a freed mapping; returns the mappings it pushed out (oldest
-    /// first, linked through `next`) for the caller to unmap.
+    /// Caches a freed mapping that it `accepts`; returns the mappings it
+    /// pushed out (oldest first, linked through `next`) for the caller to
+    /// unmap.
     pub fn insert(&mut self, block: &mut LargeBlock, now: u64) -> *mut LargeBlock {
         let mut evicted: *mut LargeBlock = ptr::null_mut();
-        while self.entries >= CACHE_MAX_ENTRIES || self.bytes + block.len > max_bytes() {
+        while self.entries >= CACHE_MAX_ENTRIES || self.bytes + block.len > self.limit {
             // SAFETY: the cache is non-empty here (block.len alone fits),
             // and its tail is a live descriptor.
             let oldest = unsafe { &mut *self.tail };
@@ -158,11 +210,6 @@ impl LargeCache {
         self.entries -= 1;
         self.bytes -= block.len;
     }
-}
-
-/// Walks a list returned by `insert` or `drain`.
-pub fn next_in_list(block: &LargeBlock) -> *mut LargeBlock {
-    block.next
 }
 
 /// The start addresses of the last large blocks freed (or moved away by

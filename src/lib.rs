@@ -106,6 +106,7 @@ mod lock;
 mod os;
 mod pool;
 mod purge;
+mod region;
 #[cfg_attr(test, allow(dead_code))] // the exit hook is absent in tests
 mod report;
 mod size_class;

@@ -256,9 +256,9 @@ fn double_frees_are_detected() {
     let big = heap.alloc(200 << 20).ptr;
     heap.free(big).unwrap();
     assert_eq!(heap.free(big), Err(freed(0)), "an uncached mapping");
-    let q = heap.alloc(300 << 10).ptr;
-    let blocker = heap.alloc(300 << 10).ptr;
-    let Resize::Done(r) = heap.resize(q, 100 << 20).unwrap() else { panic!("a large block grows by mremap") };
+    let q = heap.alloc(8 << 20).ptr;
+    let blocker = heap.alloc(8 << 20).ptr;
+    let Resize::Done(r) = heap.resize(q, 100 << 20).unwrap() else { panic!("a large mapping grows by mremap") };
     assert!(heap.usable_size(r).unwrap() >= 100 << 20);
     if r != q {
         assert_eq!(heap.free(q), Err(freed(0)), "moved away by realloc");

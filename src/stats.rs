@@ -89,7 +89,7 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn of(heap: &Heap) -> Snapshot {
         let c = &heap.counters;
-        let cache = heap.large_cache();
+        let (cache, regions) = (heap.large_cache(), heap.regions());
         let mut t = Totals {
             arenas_allocated: c.arenas_allocated,
             arenas_reclaimed: c.arenas_reclaimed,
@@ -98,8 +98,8 @@ impl Snapshot {
             arena_bytes: c.arenas * ARENA_SIZE,
             large_blocks: c.large_blocks,
             large_bytes: c.large_bytes,
-            cached_mappings: cache.entries,
-            cached_bytes: cache.bytes,
+            cached_mappings: cache.entries + regions.free_spans,
+            cached_bytes: cache.bytes + regions.dirty_bytes,
             bytes_mapped: OS_TOTALS.mapped(),
             bytes_mapped_peak: OS_TOTALS.peak(),
             bytes_returned: OS_TOTALS.returned(),

@@ -2,8 +2,8 @@
 medians of wall time and peak RSS as ratios to glibc (see scripts/bench).
 
 Each run is one process; its wall time is measured around it and its
-peak RSS (ru_maxrss) comes from wait4, so nothing runs inside the
-measured program but the workload."""
+peak RSS (ru_maxrss) comes from wait4 in `peakrss`, a small launcher, so
+nothing runs inside the measured program but the workload."""
 import argparse
 import csv
 import os
@@ -31,7 +31,7 @@ BUILTIN = "cpython-pymalloc"
 def workloads(build, python):
     """(name, group, argv); group is c1 (single thread), cN (N threads), py or memret."""
     single, threads, memret = (os.path.join(build, x) for x in ("single", "threads", "memret"))
-    rows = [(f"c1.{m}", "c1", [single, m]) for m in ("random", "lifo", "realloc", "medium", "grow")]
+    rows = [(f"c1.{m}", "c1", [single, m]) for m in ("random", "lifo", "realloc", "medium", "large", "grow")]
     for n in (1, 2, 4):
         rows += [(f"t{n}.{m}", f"c{n}", [threads, m, str(n)]) for m in ("churn", "prodcons", "larson")]
     rows += [(f"py.{m}", "py", [python, os.path.join(HERE, "py.py"), m]) for m in ("churn", "json", "dict", "tree")]
@@ -39,18 +39,16 @@ def workloads(build, python):
     return rows
 
 
-def run(argv, env):
+def run(peakrss, argv, env):
     """One run: (seconds, peak RSS in KiB, stdout)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    out = proc.stdout.read()
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
+    proc = subprocess.run([peakrss] + argv, env=env, capture_output=True)
     seconds = time.perf_counter() - start
-    proc.returncode = os.waitstatus_to_exitcode(status)
+    err = proc.stderr.decode(errors="replace").strip()
     if proc.returncode != 0:
-        sys.exit(f"bench: {' '.join(argv)} failed ({proc.returncode}): {err.decode(errors='replace').strip()}")
-    return seconds, usage.ru_maxrss, out.decode()
+        sys.exit(f"bench: {' '.join(argv)} failed ({proc.returncode}): {err}")
+    rss = int(err.splitlines()[-1].removeprefix("peak_rss_kb="))
+    return seconds, rss, proc.stdout.decode()
 
 
 def environment(allocator, group):
@@ -88,6 +86,7 @@ def main():
             sys.exit(f"bench: unknown allocator {a}")
     prefixes = [p for p in args.only.split(",") if p]
     chosen = [w for w in workloads(args.build, args.python) if not prefixes or any(w[0].startswith(p) for p in prefixes)]
+    peakrss = os.path.join(args.build, "peakrss")
     if not chosen:
         sys.exit("bench: no workload matches --only")
 
@@ -99,7 +98,7 @@ def main():
             names = names[r % len(names):] + names[: r % len(names)]
             for alloc in names:
                 cmd = argv + [str(args.scale)] if args.scale != 1.0 else argv
-                seconds, rss, out = run(cmd, environment(alloc, group))
+                seconds, rss, out = run(peakrss, cmd, environment(alloc, group))
                 row = {"round": r, "workload": name, "group": group, "allocator": alloc, "seconds": seconds, "peak_rss_kb": rss}
                 if group == "memret":
                     row.update({f"rss_{k}_kb": v for k, v in memret_fields(out).items()})

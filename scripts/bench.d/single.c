@@ -1,9 +1,10 @@
 /* Single-threaded allocation workloads.
- *   single random|lifo|realloc|medium|grow [scale]
+ *   single random|lifo|realloc|medium|large|grow [scale]
  * random:  16..512 B blocks with random lifetimes (a sliding window of slots)
  * lifo:    bursts of mixed sizes freed in reverse order (stack-like phases)
  * realloc: buffers grown by small appends, and vectors grown by doubling
  * medium:  512 B .. 4 MiB blocks replaced at random, every page touched
+ * large:   32 buffers of 1 .. 32 MiB replaced at random, every page touched
  * grow:    a heap that grows to 1 GiB of mixed blocks, then shrinks to empty
  * `scale` (default 1) multiplies the amount of work.  Prints a checksum so
  * the work cannot be optimised away. */
@@ -121,6 +122,26 @@ static void medium_large(double scale) {
     for (size_t k = 0; k < SLOTS; k++) free(slot[k]);
 }
 
+static void large_buffers(double scale) {
+    enum { SLOTS = 32 };
+    static char *slot[SLOTS];
+    static size_t size[SLOTS];
+    long ops = (long)(600 * scale);
+    for (long i = 0; i < ops + SLOTS; i++) {
+        size_t k = i < SLOTS ? (size_t)i : next() % SLOTS;
+        if (slot[k]) {
+            sum += (unsigned char)slot[k][size[k] / 2];
+            free(slot[k]);
+        }
+        size_t n = log_size(1 << 20, 32 << 20);
+        slot[k] = malloc(n);
+        size[k] = n;
+        for (size_t off = 0; off < n; off += 4096) slot[k][off] = (char)off;
+        slot[k][n / 2] = (char)n;
+    }
+    for (size_t k = 0; k < SLOTS; k++) free(slot[k]);
+}
+
 static void grow_shrink(double scale) {
     size_t goal = (size_t)((1ull << 30) * (scale < 1 ? scale : 1));
     size_t cap = goal / 64;
@@ -171,6 +192,7 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "lifo")) lifo_bursts(scale);
     else if (!strcmp(mode, "realloc")) realloc_growth(scale);
     else if (!strcmp(mode, "medium")) medium_large(scale);
+    else if (!strcmp(mode, "large")) large_buffers(scale);
     else if (!strcmp(mode, "grow")) grow_shrink(scale);
     else {
         fprintf(stderr, "single: unknown workload %s\n", mode);

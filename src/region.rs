@@ -1,0 +1,167 @@
+//! Large blocks up to `SPAN_MAX` bytes, carved from regions: mappings of
+//! `REGION_SIZE` bytes (or one block's size, when that much address space
+//! is refused), each tiled by spans of whole pages. A span is a live large
+//! block or a run of free pages.
+//!
+//! A freed block merges with its free neighbours and keeps its pages, so
+//! the next large request of any size reuses pages that are already
+//! faulted in, as glibc's heap does below its mmap threshold. A free span
+//! knows how many of its bytes, from its start, may be resident; a
+//! request takes the span that needs the fewest new pages, from its
+//! start, so the footprint grows only when the holes cannot serve. Free spans
+//! unused for `PYMALLOC_DECAY_MS` give their pages back
+//! (`MADV_DONTNEED`), and a region that is one free span is unmapped.
+//!
+//! Spans are described by `LargeBlock`s in the heap's slab, never by
+//! headers next to the pages, so an overflow cannot corrupt them. Each
+//! knows its neighbours in address order (`left`, `right`: the boundary
+//! tags of a classic allocator, kept aside); free spans also sit in a bin
+//! by size, most recently freed first.
+
+use core::ptr;
+
+use crate::geometry::PAGE_SIZE;
+use crate::large::LargeBlock;
+
+/// The address space a region reserves. Pages are touched only as spans
+/// are used, so most of it costs nothing until needed.
+pub const REGION_SIZE: usize = 256 << 20;
+/// The largest block served from regions; bigger ones are mappings of
+/// their own, which `mremap` can grow without copying.
+pub const SPAN_MAX: usize = 4 << 20;
+
+/// Bin `i` holds free spans of `2^i .. 2^(i+1)` pages (one bit each in
+/// `Regions::nonempty`).
+const BINS: usize = 32;
+/// Free spans of a bin compared in search of the best fit.
+const FIT_SCAN: usize = 64;
+
+fn bin_of(len: usize) -> usize {
+    // A floor log2 that cannot panic (spans have at least one page).
+    ((usize::BITS - 1 - (len / PAGE_SIZE | 1).leading_zeros()) as usize).min(BINS - 1)
+}
+
+/// The free spans of every region.
+pub struct Regions {
+    bins: [*mut LargeBlock; BINS],
+    /// Bit `i` set when bin `i` is not empty.
+    nonempty: u32,
+    /// Free spans, and bytes in them.
+    pub free_spans: usize,
+    pub free_bytes: usize,
+    /// Bytes of free spans that may hold resident pages (not given back
+    /// since they were last used).
+    pub dirty_bytes: usize,
+    /// Regions mapped, and their bytes.
+    pub regions: usize,
+    pub region_bytes: usize,
+}
+
+impl Regions {
+    pub const fn new() -> Self {
+        Regions {
+            bins: [ptr::null_mut(); BINS],
+            nonempty: 0,
+            free_spans: 0,
+            free_bytes: 0,
+            dirty_bytes: 0,
+            regions: 0,
+            region_bytes: 0,
+        }
+    }
+
+    /// Takes a free span of at least `len` bytes (a multiple of the page
+    /// size) out of its bin: among the first few of `len`'s own bin, then
+    /// of the next bin that has any, the best fit, preferring spans whose
+    /// pages are resident (reusing them costs no page faults and no more
+    /// memory).
+    pub fn take(&mut self, len: usize) -> Option<*mut LargeBlock> {
+        let own = bin_of(len);
+        let mut best = self.best_fit(own, len);
+        if best.is_null() {
+            let above = self.nonempty & !((2u32 << own) - 1);
+            if above == 0 {
+                return None;
+            }
+            best = self.best_fit(above.trailing_zeros() as usize % BINS, len);
+        }
+        // SAFETY: binned spans are live descriptors linked only here.
+        let span = unsafe { best.as_mut()? };
+        self.unbin(span);
+        Some(span)
+    }
+
+    /// The best span of `bin` for `len` bytes among its first `FIT_SCAN`:
+    /// the one that needs the fewest new pages (so the footprint grows
+    /// least), then the smallest, then the lowest.
+    fn best_fit(&self, bin: usize, len: usize) -> *mut LargeBlock {
+        let mut best: Option<&LargeBlock> = None;
+        let mut cur = self.bins[bin];
+        for _ in 0..FIT_SCAN {
+            // SAFETY: binned spans are live descriptors linked only here.
+            let Some(span) = (unsafe { cur.as_ref() }) else { break };
+            cur = span.next;
+            if span.len < len {
+                continue;
+            }
+            let key = |s: &LargeBlock| (len.saturating_sub(s.dirty_len), s.len, s.base as usize);
+            if best.is_none_or(|b| key(span) < key(b)) {
+                best = Some(span);
+            }
+        }
+        best.map_or(ptr::null_mut(), |b| ptr::from_ref(b).cast_mut())
+    }
+
+    /// Puts a free span in its bin.
+    pub fn bin(&mut self, span: &mut LargeBlock) {
+        let bin = bin_of(span.len);
+        span.prev = ptr::null_mut();
+        span.next = self.bins[bin];
+        // SAFETY: as in `take`.
+        if let Some(head) = unsafe { span.next.as_mut() } {
+            head.prev = span;
+        }
+        self.bins[bin] = span;
+        self.nonempty |= 1 << bin;
+        self.free_spans += 1;
+        self.free_bytes += span.len;
+        self.dirty_bytes += span.dirty_len;
+    }
+
+    /// Takes a free span out of its bin.
+    pub fn unbin(&mut self, span: &mut LargeBlock) {
+        let bin = bin_of(span.len);
+        // SAFETY: as in `take`.
+        unsafe {
+            match span.prev.as_mut() {
+                Some(prev) => prev.next = span.next,
+                None => self.bins[bin] = span.next,
+            }
+            if let Some(next) = span.next.as_mut() {
+                next.prev = span.prev;
+            }
+        }
+        if self.bins[bin].is_null() {
+            self.nonempty &= !(1 << bin);
+        }
+        span.next = ptr::null_mut();
+        span.prev = ptr::null_mut();
+        self.free_spans -= 1;
+        self.free_bytes -= span.len;
+        self.dirty_bytes -= span.dirty_len;
+    }
+
+    /// Calls `f` on every free span; `f` may unbin the span it is given
+    /// (and only that one).
+    pub fn for_each_free(&mut self, mut f: impl FnMut(&mut Self, *mut LargeBlock)) {
+        for bin in 0..BINS {
+            let mut cur = self.bins[bin];
+            while !cur.is_null() {
+                // SAFETY: as in `take`; read before `f` may unlink it.
+                let next = unsafe { (*cur).next };
+                f(self, cur);
+                cur = next;
+            }
+        }
+    }
+}
