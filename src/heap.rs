@@ -122,8 +122,11 @@ pub struct Heap {
     dirty_pools: DirtyPools,
     /// Every arena, free ones included.
     all_arenas: *mut Arena,
-    /// Set when an allocation found a free list corrupted.
-    fault: Option<Fault>,
+    /// Set when an allocation found a free list corrupted (`fault` says
+    /// how). Not an `Option`, so that a new heap is all zero bytes and
+    /// its static lives in `.bss`, where only the pages touched count.
+    has_fault: bool,
+    fault: Fault,
     pub counters: Counters,
     arena_records: Slab<Arena>,
     large_records: Slab<LargeBlock>,
@@ -136,8 +139,8 @@ pub struct Heap {
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
     clock: u64,
-    /// Calls to `free` left until the next tick.
-    free_ticks: u32,
+    /// Calls to `free` since the last tick.
+    frees_since_tick: u32,
 }
 
 // SAFETY: the raw pointers refer to memory owned by the heap alone, which
@@ -161,10 +164,11 @@ impl Heap {
             recently_freed: RecentlyFreed::new(),
             quarantine: Quarantine::new(),
             secret: Secret::UNSET,
-            fault: None,
+            has_fault: false,
+            fault: Fault::InvalidPointer,
             counters: Counters::ZERO,
             clock: 0,
-            free_ticks: TICK_FREES,
+            frees_since_tick: 0,
         }
     }
 
@@ -253,7 +257,7 @@ impl Heap {
             }
             pool.emptied_at = self.clock;
         }
-        if self.free_ticks <= 1 || !pool.is_live_block(p, self.secret) {
+        if self.frees_since_tick + 1 >= TICK_FREES || !pool.is_live_block(p, self.secret) {
             return false;
         }
         let was_full = pool.is_full();
@@ -262,7 +266,7 @@ impl Heap {
         if was_full {
             self.link_used(pool);
         }
-        self.free_ticks -= 1;
+        self.frees_since_tick += 1;
         true
     }
 
@@ -340,14 +344,15 @@ impl Heap {
 
     #[cold]
     fn corrupted(&mut self, pool: &Pool) -> Block {
-        self.fault = Some(pool.corrupt_link(pool.freeblock));
+        self.fault = pool.corrupt_link(pool.freeblock);
+        self.has_fault = true;
         Block::NONE
     }
 
     /// Why the last allocation returned a null block, if not for lack of
     /// memory; forgotten once asked.
     pub fn take_fault(&mut self) -> Option<Fault> {
-        self.fault.take()
+        core::mem::take(&mut self.has_fault).then_some(self.fault)
     }
 
     /// The live block starting at `p`: its pool, or its large mapping.
@@ -420,8 +425,8 @@ impl Heap {
     /// Counts a call to `free`: every `TICK_FREES` of them, the clock.
     #[inline(always)]
     fn count_free(&mut self) {
-        self.free_ticks -= 1;
-        if self.free_ticks == 0 {
+        self.frees_since_tick += 1;
+        if self.frees_since_tick >= TICK_FREES {
             self.tick();
         }
     }
@@ -474,7 +479,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn tick(&mut self) -> u64 {
-        self.free_ticks = TICK_FREES;
+        self.frees_since_tick = 0;
         self.clock = purge::now_ms();
         self.purge(self.clock.saturating_sub(config::get().decay_ms as u64));
         self.clock

@@ -503,3 +503,4 @@ fn header_matches_build_output() {
         "include/pymalloc.h is stale: run `PYMALLOC_BLESS_HEADER=1 cargo build` and commit it"
     );
 }
+
