@@ -1,6 +1,7 @@
 //! Fatal error reports and the heap's invariant walk.
 
 use core::fmt::Write;
+use core::ptr;
 
 use crate::arena::Arena;
 use crate::arena_map::Owner;
@@ -94,7 +95,21 @@ impl Heap {
         for tier in 0..TIER_COUNT {
             self.check_tier(tier)?;
         }
-        Ok(())
+        self.regions().check()?;
+        let mut result = Ok(());
+        self.map().for_each_large(|block| {
+            // SAFETY: the map only names live large descriptors, and a
+            // span's neighbours are live descriptors of its region.
+            let (b, left, right) = unsafe { (&*block, (*block).left.as_ref(), (*block).right.as_ref()) };
+            if result.is_ok()
+                && (b.free
+                    || left.is_some_and(|l| !ptr::eq(l.right, b) || l.base.wrapping_add(l.len) != b.base)
+                    || right.is_some_and(|r| !ptr::eq(r.left, b) || b.base.wrapping_add(b.len) != r.base))
+            {
+                result = Err("a live large block is marked free or not linked to its neighbours");
+            }
+        });
+        result
     }
 
     fn check_arena(&self, arena: &Arena) -> Result<(), &'static str> {

@@ -504,3 +504,52 @@ fn header_matches_build_output() {
     );
 }
 
+
+#[test]
+fn region_spans_merge_keep_their_pages_and_decay() {
+    let mut heap = new_heap();
+    const MIB: usize = 1 << 20;
+    let a = heap.alloc(MIB);
+    assert!(a.zeroed, "a new region reads as zero");
+    let (a, b, c) = (a.ptr, heap.alloc(MIB).ptr, heap.alloc(MIB).ptr);
+    // SAFETY: arithmetic only.
+    assert_eq!((b, c), unsafe { (a.add(MIB), a.add(2 * MIB)) }, "spans are carved in address order");
+    // SAFETY: 1 MiB blocks.
+    unsafe {
+        a.write_bytes(1, MIB);
+        b.write_bytes(2, MIB);
+    }
+    heap.free(b).unwrap();
+    heap.free(a).unwrap();
+    heap.check().unwrap();
+    assert_eq!((heap.regions().free_bytes - heap.regions().dirty_bytes) % MIB, 0);
+    // The two merged: 2 MiB come back at `a`, with their pages (not zero).
+    let ab = heap.alloc(2 * MIB);
+    assert_eq!(ab.ptr, a);
+    assert!(!ab.zeroed);
+    // `c` lies right after it: growing means moving.
+    assert_eq!(heap.resize(ab.ptr, 3 * MIB).unwrap(), Resize::Move { usable: 2 * MIB });
+    // `c` grows in place into the free rest of the region, and shrinks
+    // back, its tail merging with that rest.
+    assert_eq!(heap.resize(c, 5 * MIB / 2).unwrap(), Resize::Done(c));
+    assert_eq!(heap.usable_size(c).unwrap(), 5 * MIB / 2);
+    assert_eq!(heap.resize(c, MIB).unwrap(), Resize::Done(c));
+    heap.check().unwrap();
+    assert_eq!(heap.regions().free_spans, 1);
+    // Decay gives back the pages of free spans; a calloc then needs no
+    // clearing, and reads zero.
+    heap.free(ab.ptr).unwrap();
+    assert!(heap.purge(u64::MAX));
+    assert_eq!(heap.regions().dirty_bytes, 0);
+    let again = heap.alloc(2 * MIB);
+    assert!(again.zeroed);
+    check_zeroed(again, 2 * MIB);
+    heap.check().unwrap();
+    // A region that is all free goes back to the OS.
+    heap.free(again.ptr).unwrap();
+    heap.free(c).unwrap();
+    assert_eq!(heap.regions().free_spans, 1);
+    assert!(heap.purge(u64::MAX));
+    assert_eq!((heap.regions().regions, heap.regions().free_spans), (0, 0));
+    heap.check().unwrap();
+}

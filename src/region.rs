@@ -164,4 +164,42 @@ impl Regions {
             }
         }
     }
+
+    /// The first broken invariant of the free spans, if any: each is
+    /// binned by its size, merged with its neighbours (which link back to
+    /// it), and the totals add up.
+    pub fn check(&self) -> Result<(), &'static str> {
+        let (mut spans, mut bytes, mut dirty) = (0, 0, 0);
+        for (bin, &head) in self.bins.iter().enumerate() {
+            if head.is_null() == (self.nonempty >> bin & 1 != 0) {
+                return Err("region bin bitmap disagrees with its bins");
+            }
+            let mut cur = head;
+            // SAFETY: binned spans are live descriptors linked only here,
+            // their neighbours live descriptors of the same region.
+            while let Some(span) = unsafe { cur.as_ref() } {
+                if !span.free || !span.in_region || bin_of(span.len) != bin || span.len % PAGE_SIZE != 0 {
+                    return Err("a binned span is not a free span of its bin");
+                }
+                if span.dirty_len > span.len {
+                    return Err("a free span has more dirty bytes than bytes");
+                }
+                // SAFETY: as above.
+                let (left, right) = unsafe { (span.left.as_ref(), span.right.as_ref()) };
+                if left.is_some_and(|l| l.free || !ptr::eq(l.right, span) || l.base.wrapping_add(l.len) != span.base)
+                    || right.is_some_and(|r| r.free || !ptr::eq(r.left, span) || span.base.wrapping_add(span.len) != r.base)
+                {
+                    return Err("a free span is not merged with, or not linked to, its neighbours");
+                }
+                spans += 1;
+                bytes += span.len;
+                dirty += span.dirty_len;
+                cur = span.next;
+            }
+        }
+        if (spans, bytes, dirty) != (self.free_spans, self.free_bytes, self.dirty_bytes) {
+            return Err("region free-span totals disagree with the bins");
+        }
+        Ok(())
+    }
 }
