@@ -46,9 +46,10 @@ pub struct Regions {
     bins: [*mut LargeBlock; BINS],
     /// Bit `i` set when bin `i` is not empty.
     nonempty: u32,
-    /// Free spans, and bytes in them.
+    /// Free spans, and bytes in them; free spans with resident pages.
     pub free_spans: usize,
     pub free_bytes: usize,
+    pub dirty_spans: usize,
     /// Bytes of free spans that may hold resident pages (not given back
     /// since they were last used).
     pub dirty_bytes: usize,
@@ -64,6 +65,7 @@ impl Regions {
             nonempty: 0,
             free_spans: 0,
             free_bytes: 0,
+            dirty_spans: 0,
             dirty_bytes: 0,
             regions: 0,
             region_bytes: 0,
@@ -125,6 +127,7 @@ impl Regions {
         self.nonempty |= 1 << bin;
         self.free_spans += 1;
         self.free_bytes += span.len;
+        self.dirty_spans += usize::from(span.dirty_len > 0);
         self.dirty_bytes += span.dirty_len;
     }
 
@@ -148,6 +151,7 @@ impl Regions {
         span.prev = ptr::null_mut();
         self.free_spans -= 1;
         self.free_bytes -= span.len;
+        self.dirty_spans -= usize::from(span.dirty_len > 0);
         self.dirty_bytes -= span.dirty_len;
     }
 
@@ -169,7 +173,7 @@ impl Regions {
     /// binned by its size, merged with its neighbours (which link back to
     /// it), and the totals add up.
     pub fn check(&self) -> Result<(), &'static str> {
-        let (mut spans, mut bytes, mut dirty) = (0, 0, 0);
+        let (mut spans, mut bytes, mut dirty_spans, mut dirty) = (0, 0, 0, 0);
         for (bin, &head) in self.bins.iter().enumerate() {
             if head.is_null() == (self.nonempty >> bin & 1 != 0) {
                 return Err("region bin bitmap disagrees with its bins");
@@ -193,11 +197,12 @@ impl Regions {
                 }
                 spans += 1;
                 bytes += span.len;
+                dirty_spans += usize::from(span.dirty_len > 0);
                 dirty += span.dirty_len;
                 cur = span.next;
             }
         }
-        if (spans, bytes, dirty) != (self.free_spans, self.free_bytes, self.dirty_bytes) {
+        if (spans, bytes, dirty_spans, dirty) != (self.free_spans, self.free_bytes, self.dirty_spans, self.dirty_bytes) {
             return Err("region free-span totals disagree with the bins");
         }
         Ok(())

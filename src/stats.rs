@@ -98,7 +98,7 @@ impl Snapshot {
             arena_bytes: c.arenas * ARENA_SIZE,
             large_blocks: c.large_blocks,
             large_bytes: c.large_bytes,
-            cached_mappings: cache.entries + regions.free_spans,
+            cached_mappings: cache.entries + regions.dirty_spans,
             cached_bytes: cache.bytes + regions.dirty_bytes,
             bytes_mapped: OS_TOTALS.mapped(),
             bytes_mapped_peak: OS_TOTALS.peak(),

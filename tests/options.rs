@@ -110,9 +110,9 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
         (&["trim"], &[]),
         (&["decay", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
         (&["decay", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
-        (&["cache", "6"], &[]),
+        (&["cache", "2"], &[]),
         (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "0")]),
-        (&["cache", "4"], &[("PYMALLOC_LARGE_CACHE", "8M")]),
+        (&["cache", "1"], &[("PYMALLOC_LARGE_CACHE", "8M")]),
         (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "7M")]),
     ];
     for (args, vars) in cases {
