@@ -133,6 +133,36 @@ pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
     aligned as *mut u8
 }
 
+/// Maps `len` bytes (a multiple of the page size) of address space that
+/// cannot be read or written until `protect` opens parts of it. Charged
+/// to no one's memory until then (even with strict overcommit).
+pub fn reserve(len: usize) -> *mut u8 {
+    let _keep = KeepErrno::new();
+    // SAFETY: as in `map_scratch`.
+    let p = unsafe {
+        libc::mmap(ptr::null_mut(), len, libc::PROT_NONE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+    };
+    if p == libc::MAP_FAILED {
+        return ptr::null_mut();
+    }
+    OS_TOTALS.grew(len);
+    p.cast()
+}
+
+/// Makes a range of our mappings readable and writable, or inaccessible
+/// (so that a stale pointer into freed memory faults at once); its pages
+/// stay as they are. False when the kernel refuses (out of memory for
+/// the commit, or its limit on mappings reached).
+///
+/// # Safety
+/// The range must be ours; made inaccessible, nothing may use it.
+pub unsafe fn protect(p: *mut u8, len: usize, accessible: bool) -> bool {
+    let _keep = KeepErrno::new();
+    let prot = if accessible { libc::PROT_READ | libc::PROT_WRITE } else { libc::PROT_NONE };
+    // SAFETY: as the caller guarantees.
+    unsafe { libc::mprotect(p.cast(), len, prot) == 0 }
+}
+
 /// Unmaps a range returned by `map` or `map_aligned`.
 ///
 /// # Safety

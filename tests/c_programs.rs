@@ -79,3 +79,52 @@ c_tests! {
 fn header_linked() {
     run_c_program("header", Config::Linked);
 }
+
+/// A stale pointer to a freed large block faults at once (SIGSEGV): a
+/// cached mapping (8 MiB) and one unmapped at once (the cache off), in
+/// the default and the debug mode; in the debug mode a span of a region
+/// (1 MiB) too, and the old address of one `realloc` moved. A live block,
+/// and one reused after a free, stay usable.
+#[test]
+fn freed_large_blocks_fault_when_touched() {
+    use std::os::unix::process::{CommandExt, ExitStatusExt};
+    let lib = library();
+    for config in [Config::Preload, Config::Linked] {
+        let exe = compile_c("large_use_after_free", config);
+        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+            ("8388608", "read", &[]),
+            ("8388608", "write", &[]),
+            ("8388608", "read", &[("PYMALLOC_LARGE_CACHE", "0")]),
+            ("8388608", "read", DEBUG),
+            ("1048576", "read", DEBUG),
+            ("1048576", "write", DEBUG),
+            ("1048576", "moved", DEBUG),
+            ("1048576", "live", &[]),
+            ("8388608", "live", &[]),
+            ("1048576", "live", DEBUG),
+        ];
+        for (size, how, env) in cases {
+            let mut cmd = Command::new(&exe);
+            clean_env(&mut cmd).args([size, how]).envs(env.iter().copied());
+            if config == Config::Preload {
+                cmd.env("LD_PRELOAD", &lib);
+            }
+            // SAFETY: setrlimit is async-signal-safe; no core dumps for
+            // the expected crashes.
+            unsafe {
+                cmd.pre_exec(|| {
+                    let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+                    libc::setrlimit(libc::RLIMIT_CORE, &none);
+                    Ok(())
+                });
+            }
+            let what = format!("large_use_after_free {size} {how} ({config:?}, {env:?})");
+            let r = run(cmd, TIMEOUT, &what);
+            if *how == "live" {
+                r.assert_success(&what);
+            } else {
+                assert_eq!(r.status.signal(), Some(libc::SIGSEGV), "{what}: got {}\n{}", r.status_text(), r.stderr);
+            }
+        }
+    }
+}
