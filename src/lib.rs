@@ -19,8 +19,14 @@
 //!                               └─► free list (mangled link in the first
 //!                                   word, double-free key in the second)
 //!
+//!  OS (mmap) ──► region: REGION_SIZE bytes of address space, tiled by spans
+//!                ┌──────────┬────────┬──────────────┬─────┬──────────────────┐
+//!                │ block    │ free   │ block        │ ... │ free, untouched  │
+//!                └──────────┴────────┴──────────────┴─────┴──────────────────┘
+//!                free spans merge with their neighbours and keep their pages
+//!
 //!  descriptors (slab, from mmap):  Arena { pools: [Pool; n], free-pool list, ... }
-//!                                  LargeBlock { base, len }
+//!                                  LargeBlock { base, len, left, right, ... }
 //!  arena map (radix tree):        address >> 17 ──► Arena | LargeBlock
 //! ```
 //!
@@ -28,8 +34,9 @@
 //! |-----------------------|----------------------------------------------------|
 //! | 0 ..= 512 B           | 32 small classes, 16 B apart, in the smallest pools |
 //! | 513 B ..= 128 KiB     | 32 medium classes, 4 per power of two, in pools of 4x, 16x, 64x the smallest |
-//! | above 128 KiB         | a private mapping each (`large`), with a small cache |
-//! | aligned               | the smallest class whose size is a multiple of the alignment, else a mapping |
+//! | 128 KiB ..= 4 MiB     | a span of a region (`region`): best fit, merged when freed |
+//! | above 4 MiB           | a private mapping each (`large`), with a learned cache |
+//! | aligned               | the smallest class whose size is a multiple of the alignment, else a span or a mapping |
 //!
 //! With the default geometry (CPython 3.10+), pools are 16 KiB / 64 KiB /
 //! 256 KiB / 1 MiB in 1 MiB arenas; the classic geometry (feature
@@ -51,8 +58,13 @@
 //!   kept in O(1) per change; entirely free arenas leave the list; see
 //!   `arena`.
 //! - Freed memory is reused first and goes back to the OS once it has
-//!   stayed unused for a while (empty pools decommitted, free arenas and
-//!   cached mappings unmapped); see `purge`.
+//!   stayed unused for a while (empty pools and free spans decommitted,
+//!   free arenas, cached mappings and empty regions unmapped); see
+//!   `purge`.
+//! - A region is tiled by spans in address order; no two free spans are
+//!   neighbours; a free span's pages past its `dirty_len` read as zero;
+//!   see `region`. Cached mappings are inaccessible (`PROT_NONE`), and in
+//!   the debug mode free spans too.
 //! - Every pointer passed to `free`, `realloc` or `malloc_usable_size` is
 //!   looked up in the arena map and must be the first byte of a live
 //!   block; anything else aborts with a message (`debug::fatal`).
