@@ -1275,10 +1275,11 @@ impl Heap {
             return Resize::Done(b.base);
         }
         // SAFETY: a span's neighbours are live descriptors of its region.
-        match unsafe { b.right.as_mut() } {
-            // SAFETY (protect): the free pages right after the block are
-            // ours, and become the caller's.
-            Some(right) if right.free && b.len + right.len >= len && unsafe { guard_span(right.base, len - b.len, true) } => {
+        let right = unsafe { b.right.as_mut() }.filter(|r| r.free && b.len + r.len >= len);
+        // SAFETY: the free pages right after the block are ours, and
+        // become the caller's.
+        match right.filter(|r| unsafe { guard_span(r.base, len - b.len, true) }) {
+            Some(right) => {
                 let grown = len - b.len;
                 self.regions.unbin(right);
                 if right.len > grown {

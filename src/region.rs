@@ -38,7 +38,7 @@ const FIT_SCAN: usize = 64;
 
 fn bin_of(len: usize) -> usize {
     // A floor log2 that cannot panic (spans have at least one page).
-    ((usize::BITS - 1 - (len / PAGE_SIZE | 1).leading_zeros()) as usize).min(BINS - 1)
+    ((usize::BITS - 1 - ((len / PAGE_SIZE) | 1).leading_zeros()) as usize).min(BINS - 1)
 }
 
 /// The free spans of every region.
