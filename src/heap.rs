@@ -798,19 +798,31 @@ impl Heap {
         }
     }
 
-    /// Maps fresh memory; when the OS refuses, gives back the free arenas
-    /// and cached mappings (address space a memory limit may be counting)
-    /// and tries once more.
+    /// Maps fresh memory. When the OS refuses, the reserves (free arenas,
+    /// cached mappings: address space a memory limit counts) are given
+    /// back and the mapping tried once more, but only if they hold at
+    /// least the address space the mapping needs, so that releasing them
+    /// is sure to make room under a limit. A request that cannot be served
+    /// fails after one system call and leaves the heap as it was; releasing
+    /// for it would only make the next small `malloc` map them again.
     fn map_memory(&mut self, len: usize, align: usize) -> *mut u8 {
         let p = os::map_aligned(len, align);
-        if p.is_null() && self.release_reserves() {
+        if p.is_null() && self.could_make_room(len, align) && self.release_reserves() {
             return os::map_aligned(len, align);
         }
         p
     }
 
+    /// Whether releasing the reserves frees the address space that a
+    /// mapping of `len` bytes aligned to `align` needs.
+    fn could_make_room(&self, len: usize, align: usize) -> bool {
+        let reserves = self.free_arenas.count * ARENA_SIZE + self.large_cache.bytes + self.regions.idle_bytes;
+        os::span_needed(len, align).is_some_and(|span| span <= reserves)
+    }
+
     /// Gives back everything kept for reuse: empty pools, free arenas,
-    /// cached mappings. True if there was any.
+    /// cached mappings, free pages of regions and regions with no live
+    /// block. True if there was any.
     fn release_reserves(&mut self) -> bool {
         self.purge(u64::MAX)
     }
@@ -908,7 +920,7 @@ impl Heap {
     /// a cached one if any serves, else a new one. Also whether it reads
     /// as zero.
     fn take_mapping(&mut self, len: usize, align: usize) -> Option<(*mut LargeBlock, bool)> {
-        if let Some(block) = self.reuse_cached(len, align) {
+        if let Some(block) = self.reuse_cached(len, align).ok()? {
             return Some((block, false));
         }
         let base = self.map_memory(len, align);
@@ -928,10 +940,14 @@ impl Heap {
 
     /// A cached mapping made `len` bytes long: one much longer is split
     /// and its tail cached again, one too short is grown with `mremap`
-    /// (which keeps its pages).
-    fn reuse_cached(&mut self, len: usize, align: usize) -> Option<*mut LargeBlock> {
+    /// (which keeps its pages). None if none serves; Err if growing one
+    /// failed and releasing the reserves cannot make room for `len` bytes
+    /// either: then no mapping can serve the request now.
+    fn reuse_cached(&mut self, len: usize, align: usize) -> Result<Option<*mut LargeBlock>, ()> {
         // SAFETY: the cache hands out live descriptors it let go of.
-        let b = unsafe { &mut *self.large_cache.take(len, align)? };
+        let Some(b) = self.large_cache.take(len, align).map(|b| unsafe { &mut *b }) else {
+            return Ok(None);
+        };
         if b.len >= len {
             let tail = b.len - len;
             if tail > b.len / 4 && tail >= GRANULE_SIZE {
@@ -942,8 +958,10 @@ impl Heap {
             // in the arena map yet.
             let moved = unsafe { os::remap(b.base, b.len, len) };
             if moved.is_null() {
-                self.unmap_large(b);
-                return None;
+                // Still cached: a request that fails leaves the heap as it was.
+                let evicted = self.large_cache.insert(b, self.clock);
+                self.unmap_large_list(evicted);
+                return if self.could_make_room(len, align) { Ok(None) } else { Err(()) };
             }
             b.base = moved;
             b.len = len;
@@ -952,9 +970,9 @@ impl Heap {
         // caller's.
         if !unsafe { os::protect(b.base, b.len, true) } {
             self.unmap_large(b);
-            return None;
+            return Ok(None);
         }
-        Some(b)
+        Ok(Some(b))
     }
 
     /// Cuts cached mapping `b` to `len` bytes; the rest (inaccessible, as

@@ -102,13 +102,19 @@ pub fn map_scratch(len: usize) -> *mut u8 {
     if p == libc::MAP_FAILED { ptr::null_mut() } else { p.cast() }
 }
 
-/// Maps `len` bytes aligned to `align` (a power of two above the page
-/// size) by over-mapping and trimming both ends.
+/// The bytes `map_aligned(len, align)` maps before trimming; None if that
+/// overflows (no mapping can serve it).
+pub fn span_needed(len: usize, align: usize) -> Option<usize> {
+    len.checked_add(align.saturating_sub(PAGE_SIZE))
+}
+
+/// Maps `len` bytes aligned to `align` (a power of two) by over-mapping
+/// and trimming both ends.
 pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
     if align <= PAGE_SIZE {
         return map(len);
     }
-    let Some(span) = len.checked_add(align - PAGE_SIZE) else {
+    let Some(span) = span_needed(len, align) else {
         return ptr::null_mut();
     };
     let raw = map(span);

@@ -50,6 +50,8 @@ pub struct Regions {
     pub free_spans: usize,
     pub free_bytes: usize,
     pub dirty_spans: usize,
+    /// Bytes of regions that are one free span (unmapped when they decay).
+    pub idle_bytes: usize,
     /// Bytes of free spans that may hold resident pages (not given back
     /// since they were last used).
     pub dirty_bytes: usize,
@@ -66,6 +68,7 @@ impl Regions {
             free_spans: 0,
             free_bytes: 0,
             dirty_spans: 0,
+            idle_bytes: 0,
             dirty_bytes: 0,
             regions: 0,
             region_bytes: 0,
@@ -129,6 +132,9 @@ impl Regions {
         self.free_bytes += span.len;
         self.dirty_spans += usize::from(span.dirty_len > 0);
         self.dirty_bytes += span.dirty_len;
+        if span.is_whole_region() {
+            self.idle_bytes += span.len;
+        }
     }
 
     /// Takes a free span out of its bin.
@@ -153,6 +159,9 @@ impl Regions {
         self.free_bytes -= span.len;
         self.dirty_spans -= usize::from(span.dirty_len > 0);
         self.dirty_bytes -= span.dirty_len;
+        if span.is_whole_region() {
+            self.idle_bytes -= span.len;
+        }
     }
 
     /// Calls `f` on every free span; `f` may unbin the span it is given
@@ -173,7 +182,7 @@ impl Regions {
     /// binned by its size, merged with its neighbours (which link back to
     /// it), and the totals add up.
     pub fn check(&self) -> Result<(), &'static str> {
-        let (mut spans, mut bytes, mut dirty_spans, mut dirty) = (0, 0, 0, 0);
+        let (mut spans, mut bytes, mut dirty_spans, mut dirty, mut idle) = (0, 0, 0, 0, 0);
         for (bin, &head) in self.bins.iter().enumerate() {
             if head.is_null() == (self.nonempty >> bin & 1 != 0) {
                 return Err("region bin bitmap disagrees with its bins");
@@ -199,10 +208,14 @@ impl Regions {
                 bytes += span.len;
                 dirty_spans += usize::from(span.dirty_len > 0);
                 dirty += span.dirty_len;
+                if span.is_whole_region() {
+                    idle += span.len;
+                }
                 cur = span.next;
             }
         }
-        if (spans, bytes, dirty_spans, dirty) != (self.free_spans, self.free_bytes, self.dirty_spans, self.dirty_bytes) {
+        let counted = (self.free_spans, self.free_bytes, self.dirty_spans, self.dirty_bytes, self.idle_bytes);
+        if (spans, bytes, dirty_spans, dirty, idle) != counted {
             return Err("region free-span totals disagree with the bins");
         }
         Ok(())

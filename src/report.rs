@@ -15,7 +15,7 @@ use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, PAGE_SIZE, SMALL_MAX};
 use crate::heap::HEAP;
 use crate::os;
 use crate::size_class::{MEDIUM_CLASSES, NUM_CLASSES, SMALL_CLASSES, class_info, size_of};
-use crate::stats::{ArenaDetail, ChunkWriter, PoolState, Snapshot, collect_detail, write_fd};
+use crate::stats::{ArenaDetail, ChunkWriter, NoCancel, PoolState, Snapshot, collect_detail, write_fd};
 
 /// `n` with thousands separators, as CPython prints its totals.
 struct Grouped(usize);
@@ -181,6 +181,8 @@ extern "C" fn at_exit() {
     if options.show_stats == ShowStats::Off {
         return;
     }
+    // `open` and `close` are cancellation points too.
+    let _no_cancel = NoCancel::new();
     let fd = open_stats_file(&options.stats_file);
     match options.show_stats {
         ShowStats::Off => {}

@@ -5,6 +5,7 @@
 //! numbers. Formatting (here and in `report`) never allocates, and
 //! happens after the lock is released.
 
+use core::ffi::c_int;
 use core::fmt::{self, Write};
 
 use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA};
@@ -317,17 +318,54 @@ pub fn collect_detail(heap: &Heap, out: &mut [ArenaDetail]) -> (usize, bool) {
     (n, truncated)
 }
 
+unsafe extern "C" {
+    fn pthread_setcancelstate(state: c_int, oldstate: *mut c_int) -> c_int;
+}
+
+/// glibc's `PTHREAD_CANCEL_DISABLE` (the libc crate lacks it).
+const PTHREAD_CANCEL_DISABLE: c_int = 1;
+
+/// Holds off thread cancellation until dropped, then restores the
+/// caller's state. Everything the library writes (`write`, `open`,
+/// `close`, stdio) is a cancellation point: without this, a thread with a
+/// pending cancellation would be cancelled inside the library, its output
+/// cut short (glibc's `malloc_stats` disables cancellation too).
+pub struct NoCancel(c_int);
+
+impl NoCancel {
+    pub fn new() -> Self {
+        let mut old = 0;
+        // SAFETY: sets this thread's cancellation state; `old` is a valid
+        // out-parameter. No allocation, no TLS beyond the thread's own
+        // descriptor, never a cancellation point itself.
+        unsafe { pthread_setcancelstate(PTHREAD_CANCEL_DISABLE, &mut old) };
+        NoCancel(old)
+    }
+}
+
+impl Drop for NoCancel {
+    fn drop(&mut self) {
+        let mut ignored = 0;
+        // SAFETY: as in `new`; restores the state `new` found.
+        unsafe { pthread_setcancelstate(self.0, &mut ignored) };
+    }
+}
+
 /// A `fmt::Write` into a fixed buffer that hands full chunks to a sink
 /// (a file descriptor or a `FILE`), so reports of any length need no heap.
+/// Thread cancellation is held off while it lives, so that what it writes
+/// arrives whole.
 pub struct ChunkWriter<F: FnMut(&[u8])> {
     buf: [u8; 512],
     len: usize,
     sink: F,
+    /// Dropped after the last chunk is flushed (`Drop` runs first).
+    _no_cancel: NoCancel,
 }
 
 impl<F: FnMut(&[u8])> ChunkWriter<F> {
     pub fn new(sink: F) -> Self {
-        ChunkWriter { buf: [0; 512], len: 0, sink }
+        ChunkWriter { buf: [0; 512], len: 0, sink, _no_cancel: NoCancel::new() }
     }
 
     pub fn flush(&mut self) {

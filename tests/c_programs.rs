@@ -70,6 +70,8 @@ c_tests! {
     no_overlap_preload, no_overlap_linked, no_overlap_debug => "no_overlap";
     threads_basic_preload, threads_basic_linked, threads_basic_debug => "threads_basic";
     oom_rlimit_preload, oom_rlimit_linked, oom_rlimit_debug => "oom_rlimit";
+    oom_fail_fast_preload, oom_fail_fast_linked, oom_fail_fast_debug => "oom_fail_fast";
+    cancel_report_preload, cancel_report_linked, cancel_report_debug => "cancel_report";
     sized_free_preload, sized_free_linked, sized_free_debug => "sized_free";
     fuzz_preload, fuzz_linked, fuzz_debug => "fuzz";
 }
