@@ -111,8 +111,9 @@ int main(void) {
     CHECK(old != NULL, "malloc(100) failed");
     memset(old, 0x77, 100);
 
-    /* Memory kept for reuse: cached large mappings, and arenas of medium
-       blocks, then empty pools of a small and a medium class. */
+    /* Memory kept for reuse: a region whose large blocks were all freed
+       (256 MiB of address space), arenas of medium blocks, then empty
+       pools of a small and a medium class. */
     enum { LARGE = 4, MEDIUM = 64 };
     void *large[LARGE], *medium[MEDIUM];
     void *volatile small = malloc(opaque(16)), *volatile mid = malloc(opaque(4000));
@@ -122,14 +123,14 @@ int main(void) {
     for (int i = 0; i < MEDIUM; i++) memset(medium[i], i, 40000), free(medium[i]);
     free(small), free(mid);
     held_t kept = held();
-    CHECK(kept.cached_mappings > 0, "no cached mapping after freeing large blocks");
+    CHECK(kept.cached_mappings > 0, "no freed large block kept after freeing large blocks");
     CHECK(kept.free_arena_bytes > 0, "no free arena after freeing %d medium blocks", MEDIUM);
 
     /* Headroom far below every request, and above what is kept. */
     struct rlimit unlimited;
     CHECK(getrlimit(RLIMIT_AS, &unlimited) == 0, "getrlimit failed");
     set_limit((rlim_t)(vm_size() + 32 * MiB));
-    static const size_t sizes[] = {TiB, 64 * TiB, 256 * MiB};
+    static const size_t sizes[] = {TiB, 64 * TiB, 1024 * MiB};
     held_t before = held();
     for (size_t s = 0; s < sizeof sizes / sizeof *sizes; s++) {
         for (int shift = 0; shift < 64; shift++) {
@@ -150,13 +151,13 @@ int main(void) {
     same(kept, held(), "the failures");
 
     /* With no headroom at all, a request that releasing what is kept can
-       make room for succeeds, once. */
+       make room for (the idle region) succeeds, once. */
     set_limit((rlim_t)vm_size());
-    void *fits = malloc(opaque(kept.cached_bytes / 2));
-    CHECK(fits != NULL, "malloc(%zu) failed with %zu bytes of cached mappings to give back", kept.cached_bytes / 2,
-          kept.cached_bytes);
-    CHECK(held().cached_mappings == 0, "the cache was not given back");
-    memset(fits, 1, kept.cached_bytes / 2);
+    size_t room = 128 * MiB;
+    void *fits = malloc(opaque(room));
+    CHECK(fits != NULL, "malloc(%zu) failed with an idle region to give back", room);
+    CHECK(held().cached_mappings == 0, "what was kept was not given back");
+    memset(fits, 1, room);
     free(fits);
     set_limit(unlimited.rlim_cur);
     free(old);
