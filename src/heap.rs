@@ -485,6 +485,15 @@ impl Heap {
         self.clock
     }
 
+    /// Reads the clock for the first time, before anything is freed: a
+    /// stamp of 0 would read as freed long ago, released at the first
+    /// tick whatever `PYMALLOC_DECAY_MS` says.
+    fn start_clock(&mut self) {
+        if self.clock == 0 {
+            self.clock = purge::now_ms();
+        }
+    }
+
     /// Gives back to the OS the empty pools, free arenas and cached
     /// mappings freed at or before `cutoff` (ms); true if there were any.
     pub fn purge(&mut self, cutoff: u64) -> bool {
@@ -829,6 +838,7 @@ impl Heap {
 
     fn map_arena(&mut self) -> *mut Arena {
         self.secret.ensure();
+        self.start_clock();
         let base = self.map_memory(ARENA_SIZE, ARENA_SIZE);
         if base.is_null() {
             return ptr::null_mut();
@@ -1031,6 +1041,7 @@ impl Heap {
 
     /// A new region for a span of at least `len` bytes, as one free span.
     fn map_region(&mut self, len: usize) -> Option<*mut LargeBlock> {
+        self.start_clock();
         let guarded = config::get().debug;
         let reserved = if guarded { os::reserve(region::REGION_SIZE) } else { os::map(region::REGION_SIZE) };
         let (mut base, mut size) = (reserved, region::REGION_SIZE);

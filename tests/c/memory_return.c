@@ -70,9 +70,9 @@ int main(int argc, char **argv) {
         CHECK(malloc_trim(0) == 0, "a second malloc_trim found something to release");
     } else if (strcmp(argv[1], "decay") == 0 && argc == 3) {
         int expect_released = strcmp(argv[2], "released") == 0;
-        /* Read the clock once first (every 4096 frees): what is freed
-           before its first reading is stamped 0, i.e. long ago, and goes
-           at the first reading whatever PYMALLOC_DECAY_MS says. */
+        /* The heap starts its clock with its first arena: what is
+           freed before the first tick is stamped with that time, not 0
+           (which would read as long ago). */
         churn_small();
         churn_large(LARGE_SIZE);
         /* The six spans merged with each other and the rest of their
