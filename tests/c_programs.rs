@@ -12,7 +12,18 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn run_c_program(name: &str, config: Config) {
-    run_c_program_with(name, config, &[]);
+    run_c_program_with(name, config, program_env(name));
+}
+
+/// The environment a program needs in every configuration.
+fn program_env(name: &str) -> &'static [(&'static str, &'static str)] {
+    match name {
+        // It compares the heap before and after each failure: no decay
+        // (an hour) may give kept pools back while it runs, however slow
+        // the machine.
+        "oom_fail_fast" => &[("PYMALLOC_DECAY_MS", "3600000")],
+        _ => &[],
+    }
 }
 
 /// Runs a program with the extra environment `env`.
@@ -57,7 +68,8 @@ macro_rules! c_tests {
         }
         #[test]
         fn $debug() {
-            run_c_program_with($name, Config::Linked, DEBUG);
+            let env = [DEBUG, program_env($name)].concat();
+            run_c_program_with($name, Config::Linked, &env);
         }
     )*};
 }
