@@ -43,6 +43,8 @@ typedef struct pymalloc_stats {
     size_t thread_caches; /* threads with a cache */
     size_t thread_cache_blocks; /* blocks in thread caches */
     size_t thread_cache_bytes; /* bytes in thread caches */
+    size_t quarantined_blocks; /* blocks in the debug quarantine */
+    size_t quarantined_bytes; /* bytes in the debug quarantine */
 } pymalloc_stats;
 
 

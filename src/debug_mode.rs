@@ -67,6 +67,13 @@ impl Quarantine {
         self.bytes += bytes;
     }
 
+    /// Calls `f(base)` with the heap block of every quarantined block.
+    pub fn for_each(&self, mut f: impl FnMut(*mut u8)) {
+        for i in 0..self.len {
+            f(self.entries[(self.head + i) % QUARANTINE_ENTRIES].0 as *mut u8);
+        }
+    }
+
     fn pop(&mut self) -> Option<(usize, usize)> {
         if self.len == 0 {
             return None;

@@ -8,11 +8,12 @@
 use core::ffi::c_int;
 use core::fmt::{self, Write};
 
+use crate::config;
 use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA};
 use crate::heap::Heap;
 use crate::os::OS_TOTALS;
 use crate::pool::Pool;
-use crate::size_class::{NUM_CLASSES, SMALL_CLASSES, size_of};
+use crate::size_class::{NUM_CLASSES, SMALL_CLASSES, class_of, size_of};
 use crate::thread_cache;
 
 /// What the heap counts as it changes, under its lock (the rest of the
@@ -158,6 +159,26 @@ impl Snapshot {
             t.thread_cache_bytes += blocks * size;
         }
         t.thread_caches = cached.threads;
+        // Quarantined blocks (the debug mode) are freed: not in use, but
+        // not free for reuse either, a row of their own.
+        heap.quarantine.for_each(|base| {
+            let Ok((usable, class_size)) = heap.block_info(base) else { return };
+            t.quarantined_blocks += 1;
+            if class_size == 0 {
+                t.large_blocks = t.large_blocks.saturating_sub(1);
+                t.large_bytes = t.large_bytes.saturating_sub(usable);
+                t.quarantined_bytes += usable;
+                return;
+            }
+            let class = class_of(class_size);
+            let Some(c) = classes.get_mut(class) else { return };
+            c.blocks_in_use = c.blocks_in_use.saturating_sub(1);
+            let (count, bytes) =
+                if class < SMALL_CLASSES { (&mut t.small_blocks, &mut t.small_bytes) } else { (&mut t.medium_blocks, &mut t.medium_bytes) };
+            *count = count.saturating_sub(1);
+            *bytes = bytes.saturating_sub(class_size);
+            t.quarantined_bytes += class_size;
+        });
         t.blocks_in_use = t.small_blocks + t.medium_blocks + t.large_blocks;
         t.bytes_in_use = t.small_bytes + t.medium_bytes + t.large_bytes;
         Snapshot { classes, totals: t, free_pools }
@@ -183,11 +204,13 @@ impl Snapshot {
         libc::mallinfo2 {
             arena: t.arena_bytes,
             ordblks: self.free_chunks(),
-            smblks: 0,
+            // Quarantined blocks are freed but held back, as glibc's
+            // fastbin blocks are: counted there, and in the free bytes.
+            smblks: t.quarantined_blocks,
             hblks: t.large_blocks,
             hblkhd: t.large_bytes,
             usmblks: 0,
-            fsmblks: 0,
+            fsmblks: t.quarantined_bytes,
             uordblks: self.arena_bytes_in_use(),
             fordblks: t.arena_bytes - self.arena_bytes_in_use(),
             keepcost: t.free_arena_bytes + t.cached_bytes,
@@ -205,7 +228,12 @@ impl Snapshot {
         writeln!(out, "system bytes     = {:>10}", system)?;
         writeln!(out, "in use bytes     = {:>10}", t.bytes_in_use)?;
         writeln!(out, "max mmap regions = {:>10}", t.large_blocks)?;
-        writeln!(out, "max mmap bytes   = {:>10}", t.large_bytes)
+        writeln!(out, "max mmap bytes   = {:>10}", t.large_bytes)?;
+        if config::get().debug && config::get().debug_quarantine > 0 {
+            // Freed, not in use: the debug mode's quarantine, apart.
+            writeln!(out, "quarantined bytes= {:>10}", t.quarantined_bytes)?;
+        }
+        Ok(())
     }
 
     /// glibc's `malloc_info` XML: one heap with a size element per class.

@@ -31,4 +31,6 @@ stats_fields! {
     thread_caches: "threads with a cache",
     thread_cache_blocks: "blocks in thread caches",
     thread_cache_bytes: "bytes in thread caches",
+    quarantined_blocks: "blocks in the debug quarantine",
+    quarantined_bytes: "bytes in the debug quarantine",
 }

@@ -53,7 +53,7 @@ fn run_c_program_with(name: &str, config: Config, env: &[(&str, &str)]) {
 
 /// The debug mode (guard bytes, poisoning, a quarantine) must keep every
 /// function's semantics: each program runs under it too.
-// (A small quarantine: quarantined blocks count as in use in mallinfo.)
+// (A small quarantine, so that blocks leave it while the programs run.)
 const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "256K")];
 
 macro_rules! c_tests {

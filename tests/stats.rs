@@ -63,6 +63,17 @@ fn c_api_follows_allocations() {
     check_text_report(&r.stderr);
 }
 
+/// The debug mode's quarantined blocks count apart, not as in use.
+#[test]
+fn quarantine_is_not_in_use() {
+    let exe = compile_c("quarantine_stats", Config::Linked);
+    let vars = [("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "64M")];
+    let r = run(command(&exe, false, &vars), TIMEOUT, "quarantine_stats");
+    r.assert_success("quarantine_stats");
+    let line = r.stderr.lines().find(|l| l.starts_with("quarantined bytes="));
+    assert_eq!(line.map(|l| l.split('=').nth(1).unwrap().trim()), Some("0"), "malloc_stats:\n{}", r.stderr);
+}
+
 #[test]
 fn text_report_at_exit() {
     let py = python_executable().expect("python3");
