@@ -100,6 +100,8 @@ macro_rules! misuse_tests {
 
 misuse_tests! {
     base_pointer => "base-pointer";
+    base_pointer_in_thread => "base-pointer-in-thread";
+    aligned_base_pointer_in_thread => "aligned-base-pointer-in-thread";
     base_pointer_array => "base-pointer-array";
     aligned_base_pointer => "aligned-base-pointer";
     aligned_wrong_alignment => "aligned-wrong-alignment";

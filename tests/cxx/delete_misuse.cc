@@ -5,6 +5,7 @@
 #include "check.hh"
 
 #include <cstring>
+#include <thread>
 
 static bool debug;  // PYMALLOC_DEBUG=1: blocks carry 48 bytes of guards
 
@@ -15,12 +16,7 @@ struct AD : AB { ~AD() {} char more[100]; };                // 104 bytes
 struct alignas(64) AB64 { char c; };                        // 64 bytes
 struct AD64 : AB64 { char big[200]; };                      // 320 bytes
 
-int main(int argc, char **argv) {
-    CHECK(argc == 2, "usage: delete_misuse CASE");
-    const char *c = argv[1];
-    std::setvbuf(stdout, nullptr, _IONBF, 0);
-    const char *d = std::getenv("PYMALLOC_DEBUG");
-    debug = d && !std::strcmp(d, "1");
+static void misuse(const char *c) {
     char line[200];
     if (!std::strcmp(c, "base-pointer")) {
         // Deleted through a base without a virtual destructor: the base's size.
@@ -78,6 +74,23 @@ int main(int argc, char **argv) {
         ::operator delete(p);
     } else {
         CHECK(false, "unknown case %s", c);
+    }
+}
+
+int main(int argc, char **argv) {
+    CHECK(argc == 2, "usage: delete_misuse CASE[-in-thread]");
+    std::setvbuf(stdout, nullptr, _IONBF, 0);
+    const char *d = std::getenv("PYMALLOC_DEBUG");
+    debug = d && !std::strcmp(d, "1");
+    // CASE-in-thread: in a second thread, whose deletes take its cache's path.
+    static char c[100];
+    std::snprintf(c, sizeof c, "%s", argv[1]);
+    char *suffix = std::strstr(c, "-in-thread");
+    if (suffix) {
+        *suffix = 0;
+        std::thread(misuse, c).join();
+    } else {
+        misuse(c);
     }
     return 0;
 }
