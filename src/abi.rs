@@ -385,7 +385,7 @@ fn misaligned(p: *mut c_void, align: usize, function: &str) {
     if p.is_null() {
         return;
     }
-    // The pointer's own faults first (not ours, already freed).
+    // A pointer that is no live block is reported as such first.
     let _ = usable_size_for(p, function);
     fatal(function, Fault::WrongAlignment { align }, p.cast())
 }

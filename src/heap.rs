@@ -255,6 +255,9 @@ impl Heap {
         let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
         // SAFETY: pool_at returns only born pools of the arena.
         let pool = unsafe { &mut *pool };
+        if !accept(pool.class as usize) {
+            return false;
+        }
         if pool.ref_count.get() <= 1 {
             // The pool may become empty: only the kept pool stays as it is,
             // stamped for `purge` (a stamp on a pool with live blocks is
@@ -265,9 +268,6 @@ impl Heap {
             pool.emptied_at = self.clock;
         }
         if self.frees_since_tick + 1 >= TICK_FREES || !pool.is_live_block(p, self.secret) {
-            return false;
-        }
-        if !accept(pool.class as usize) {
             return false;
         }
         let was_full = pool.is_full();
