@@ -12,7 +12,7 @@ use crate::config;
 use crate::debug::{self, fatal};
 use crate::debug_mode;
 use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
-use crate::heap::{Block, Fault, HEAP, Heap, HeapGuard, Resize, stays_in_place};
+use crate::heap::{Block, Fault, HEAP, Heap, HeapGuard, Resize, sized_fits_class, stays_in_place};
 use crate::size_class::{self, class_of};
 use crate::os::set_errno;
 use crate::report;
@@ -88,7 +88,7 @@ fn alloc_general(n: usize, function: &str) -> *mut c_void {
 /// `free`: the fast path (`Heap::free_fast`) as for `malloc_fast`, else
 /// the general one.
 #[inline(always)]
-fn free_fast(p: *mut c_void, function: &str) {
+pub(crate) fn free_fast(p: *mut c_void, function: &str) {
     if p.is_null() {
         return;
     }
@@ -264,13 +264,18 @@ fn usable_size(p: *mut c_void) -> usize {
     if p.is_null() {
         return 0;
     }
+    usable_size_for(p, "malloc_usable_size")
+}
+
+/// The usable size of `p` (not null); a fault is reported as `function`'s.
+fn usable_size_for(p: *mut c_void, function: &str) -> usize {
     if debug_on() {
-        return debugged("malloc_usable_size", p, |heap| debug_mode::usable_size(heap, p.cast()));
+        return debugged(function, p, |heap| debug_mode::usable_size(heap, p.cast()));
     }
     let result = HEAP.lock().usable_size(p.cast());
     match result {
         Ok(n) => n,
-        Err(fault) => fatal("malloc_usable_size", fault, p.cast()),
+        Err(fault) => fatal(function, fault, p.cast()),
     }
 }
 
@@ -328,10 +333,32 @@ pub extern "C" fn free_aligned_sized(ptr: *mut c_void, alignment: usize, size: u
     release_sized(ptr, size, alignment, "free_aligned_sized");
 }
 
-fn release_sized(p: *mut c_void, size: usize, align: usize, function: &str) {
+/// `free` of a block the caller says was allocated for `size` bytes
+/// aligned to `align`: the fast paths of `free_fast` when the block's
+/// class fits (`sized_fits_class`), else the general path, which reports
+/// a size or alignment the block cannot have.
+#[inline(always)]
+pub(crate) fn release_sized(p: *mut c_void, size: usize, align: usize, function: &str) {
     if p.is_null() {
         return;
     }
+    let fits = |class| align.is_power_of_two() && p as usize % align == 0 && sized_fits_class(size, align, class);
+    if let Some(cache) = thread_cache::current() {
+        if cache.free_checked(p.cast(), fits) {
+            return;
+        }
+    } else if config::fast_paths() {
+        if let Some(mut heap) = HEAP.try_lock() {
+            if heap.free_fast_checked(p.cast(), fits) {
+                return;
+            }
+        }
+    }
+    release_sized_general(p, size, align, function)
+}
+
+#[inline(never)]
+fn release_sized_general(p: *mut c_void, size: usize, align: usize, function: &str) {
     if debug_on() {
         return debugged(function, p, |heap| debug_mode::free(heap, p.cast(), Some((size, align))));
     }
@@ -339,6 +366,28 @@ fn release_sized(p: *mut c_void, size: usize, align: usize, function: &str) {
     if let Err(fault) = result {
         fatal(function, fault, p.cast());
     }
+}
+
+/// `free` of a block the caller says is aligned to `align`: a misaligned
+/// pointer, or an alignment that is not a power of two, is reported as
+/// `free_aligned_sized` reports it (after the checks of `free`).
+#[inline(always)]
+pub(crate) fn release_aligned(p: *mut c_void, align: usize, function: &str) {
+    if !align.is_power_of_two() || p as usize % align != 0 {
+        misaligned(p, align, function);
+    }
+    free_fast(p, function)
+}
+
+#[cold]
+#[inline(never)]
+fn misaligned(p: *mut c_void, align: usize, function: &str) {
+    if p.is_null() {
+        return;
+    }
+    // A pointer that is no live block is reported as such first.
+    let _ = usable_size_for(p, function);
+    fatal(function, Fault::WrongAlignment { align }, p.cast())
 }
 
 /// Old name of `free`, still exported by glibc.

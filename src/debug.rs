@@ -28,11 +28,14 @@ pub fn fatal(function: &str, fault: Fault, addr: *const u8) -> ! {
 pub fn report(function: &str, fault: Fault, addr: *const u8) {
     {
         let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
-        let _ = write!(out, "pymalloc: {function}(): ");
+        // C++ operators are named with their parameters already.
+        let parens = if function.ends_with(')') { "" } else { "()" };
+        let _ = write!(out, "pymalloc: {function}{parens}: ");
         let _ = match fault {
             Fault::InvalidPointer => write!(out, "invalid pointer {addr:p}"),
             Fault::Freed { class_size } => {
-                let frees = matches!(function, "free" | "free_sized" | "free_aligned_sized");
+                let frees = matches!(function, "free" | "free_sized" | "free_aligned_sized")
+                    || function.starts_with("operator delete");
                 let what = if frees { "double free of" } else { "pointer to a freed block" };
                 write!(out, "{what} {addr:p}, ")
                     .and_then(|()| write_class(&mut out, class_size))

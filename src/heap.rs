@@ -24,7 +24,7 @@ use crate::os;
 use crate::pool::Pool;
 use crate::config;
 use crate::purge::{self, DirtyPools, FreeArenas, TICK_FREES};
-use crate::size_class::{NUM_CLASSES, class_for_aligned, class_info, class_of};
+use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_of};
 use crate::slab::Slab;
 use crate::stats::Counters;
 
@@ -239,6 +239,13 @@ impl Heap {
     /// reports faults.
     #[inline(always)]
     pub fn free_fast(&mut self, p: *mut u8) -> bool {
+        self.free_fast_checked(p, |_| true)
+    }
+
+    /// `free_fast` of a block only if `accept` takes its class; false
+    /// (nothing changed) if not.
+    #[inline(always)]
+    pub fn free_fast_checked(&mut self, p: *mut u8, accept: impl FnOnce(usize) -> bool) -> bool {
         // SAFETY: our own live map.
         let arena = unsafe { ArenaMap::arena_of(&self.map, p as usize) };
         if arena.is_null() {
@@ -248,6 +255,9 @@ impl Heap {
         let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
         // SAFETY: pool_at returns only born pools of the arena.
         let pool = unsafe { &mut *pool };
+        if !accept(pool.class as usize) {
+            return false;
+        }
         if pool.ref_count.get() <= 1 {
             // The pool may become empty: only the kept pool stays as it is,
             // stamped for `purge` (a stamp on a pool with live blocks is
@@ -446,12 +456,8 @@ impl Heap {
         let (fits, class_size) = unsafe {
             match found {
                 Found::Pool(pool) => {
-                    let (class, usable) = ((*pool).class as usize, (*pool).block_size as usize);
-                    // The class an allocation of `size` gets; or a shrinking
-                    // realloc that stayed in place (see `resize`).
-                    let allocated = class_for_aligned(size, align) == Some(class);
-                    let kept = align <= MIN_ALIGN && 4 * size > 3 * usable;
-                    (size <= usable && (allocated || kept), usable)
+                    let class = (*pool).class as usize;
+                    (sized_fits_class(size, align, class), (*pool).block_size as usize)
                 }
                 Found::Large(block) => {
                     // A mapping from the cache, or one a realloc kept,
@@ -1405,4 +1411,17 @@ impl Heap {
 unsafe fn guard_span(base: *mut u8, len: usize, accessible: bool) -> bool {
     // SAFETY: as the caller guarantees.
     !config::get().debug || unsafe { os::protect(base, len, accessible) }
+}
+
+/// Whether a pool block of `class` can have been allocated for `size`
+/// bytes aligned to `align` (a power of two): `size` gets that class, or
+/// is one a shrinking realloc kept the block at (see `resize`). The rule
+/// of `Heap::free_sized`, also applied without the lock by the sized
+/// frees' fast paths.
+#[inline(always)]
+pub fn sized_fits_class(size: usize, align: usize, class: usize) -> bool {
+    let usable = size_class::size_of(class);
+    let allocated = class_for_aligned(size, align) == Some(class);
+    let kept = align <= MIN_ALIGN && 4 * size > 3 * usable;
+    size <= usable && (allocated || kept)
 }

@@ -105,6 +105,8 @@ mod abi;
 mod arena;
 mod arena_map;
 mod config;
+#[cfg_attr(test, allow(dead_code))] // in tests nothing is exported
+mod cxx;
 mod debug;
 mod debug_mode;
 #[cfg_attr(test, allow(dead_code))] // installed by the constructor, absent in tests

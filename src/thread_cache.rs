@@ -418,8 +418,15 @@ impl ThreadCache {
     /// false changes nothing (the caller takes the heap's path).
     #[inline(always)]
     pub fn free(&mut self, p: *mut u8) -> bool {
+        self.free_checked(p, |_| true)
+    }
+
+    /// `free` of a block only if `accept` takes its class; false (nothing
+    /// changed) if not.
+    #[inline(always)]
+    pub fn free_checked(&mut self, p: *mut u8, accept: impl FnOnce(usize) -> bool) -> bool {
         let Some(class) = self.class_of_block(p) else { return false };
-        if class >= CACHED_CLASSES {
+        if class >= CACHED_CLASSES || !accept(class) {
             return false;
         }
         let secret = self.secret;

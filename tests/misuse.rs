@@ -5,14 +5,10 @@
 
 mod common;
 
-use common::{Config, clean_env, compile_c, library, run};
-use std::os::unix::process::{CommandExt, ExitStatusExt};
+use common::{Config, check_abort, clean_env, compile_c, library};
 use std::path::PathBuf;
 use std::process::Command;
 use std::sync::OnceLock;
-use std::time::Duration;
-
-const TIMEOUT: Duration = Duration::from_secs(60);
 
 /// The program, compiled once per configuration for all the tests (which
 /// run in parallel threads).
@@ -32,29 +28,7 @@ fn run_case(case: &str, config: Config, env: &[(&str, &str)]) {
     if config == Config::Preload {
         cmd.env("LD_PRELOAD", library());
     }
-    // SAFETY: setrlimit is async-signal-safe; no core dumps for expected aborts.
-    unsafe {
-        cmd.pre_exec(|| {
-            let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-            libc::setrlimit(libc::RLIMIT_CORE, &none);
-            Ok(())
-        });
-    }
-    let what = format!("misuse {case} ({config:?}, {env:?})");
-    let r = run(cmd, TIMEOUT, &what);
-    let expected = r
-        .stdout
-        .lines()
-        .find_map(|l| l.strip_prefix("expect "))
-        .unwrap_or_else(|| panic!("{what}: no expected message on stdout\n{}\n{}", r.stdout, r.stderr));
-    assert_eq!(
-        r.status.signal(),
-        Some(libc::SIGABRT),
-        "{what}: expected abort (exit status 134), got {}\n--- stderr ---\n{}",
-        r.status_text(),
-        r.stderr
-    );
-    assert_eq!(r.stderr.trim_end(), expected, "{what}: wrong message on stderr");
+    check_abort(cmd, &format!("misuse {case} ({config:?}, {env:?})"));
 }
 
 const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "1M")];

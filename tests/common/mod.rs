@@ -96,18 +96,30 @@ impl Config {
 /// Compiles `tests/c/<name>.c` for `config`; returns the executable's path.
 pub fn compile_c(name: &str, config: Config) -> PathBuf {
     let src = repo_root().join("tests/c").join(format!("{name}.c"));
-    let out = scratch_dir("c-tests", config.name()).join(name);
+    // -fno-builtin: every allocator call in the source is a real call.
+    compile("gcc", &src, &["-fno-builtin"], scratch_dir("c-tests", config.name()).join(name), config)
+}
+
+/// Compiles `tests/cxx/<name>.cc` with g++ (C++17: sized and aligned
+/// deletes) for `config`; None if g++ is missing and the tests may skip
+/// it (`require_tool`).
+pub fn compile_cxx(name: &str, config: Config) -> Option<PathBuf> {
+    require_tool("g++")?;
+    let src = repo_root().join("tests/cxx").join(format!("{name}.cc"));
+    Some(compile("g++", &src, &["-std=c++17"], scratch_dir("cxx-tests", config.name()).join(name), config))
+}
+
+/// Compiles `src` with `compiler` into `out`, linked with the library
+/// for `Config::Linked`.
+fn compile(compiler: &str, src: &Path, flags: &[&str], out: PathBuf, config: Config) -> PathBuf {
     // Built under a private name, then renamed: another test run using the
     // same target directory, or another test thread of this one, may be
     // executing the previous binary or building the same program.
     static BUILDS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let build = BUILDS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let tmp = out.with_extension(format!("tmp{}-{build}", std::process::id()));
-    let mut cmd = Command::new("gcc");
-    // -fno-builtin: every allocator call in the source is a real call.
-    cmd.args(["-O2", "-g", "-pthread", "-Wall", "-fno-builtin", "-o"])
-        .arg(&tmp)
-        .arg(&src);
+    let mut cmd = Command::new(compiler);
+    cmd.args(["-O2", "-g", "-pthread", "-Wall"]).args(flags).arg("-o").arg(&tmp).arg(src);
     if config == Config::Linked {
         let dir = library_dir();
         cmd.arg(format!("-I{}", repo_root().join("include").display()))
@@ -118,7 +130,7 @@ pub fn compile_c(name: &str, config: Config) -> PathBuf {
     let r = run(
         cmd,
         Duration::from_secs(120),
-        &format!("gcc {}", src.display()),
+        &format!("{compiler} {}", src.display()),
     );
     assert!(
         r.status.success(),
@@ -131,6 +143,34 @@ pub fn compile_c(name: &str, config: Config) -> PathBuf {
     std::fs::rename(&tmp, &out)
         .unwrap_or_else(|e| panic!("rename {} to {}: {e}", tmp.display(), out.display()));
     out
+}
+
+/// Runs a misuse program (`tests/c/misuse.c`, `tests/cxx/delete_misuse.cc`)
+/// that prints "expect LINE" on stdout and then misuses the heap: it must
+/// abort (SIGABRT, exit status 134) after writing exactly LINE on stderr.
+pub fn check_abort(mut cmd: Command, what: &str) {
+    // SAFETY: setrlimit is async-signal-safe; no core dumps for expected aborts.
+    unsafe {
+        cmd.pre_exec(|| {
+            let none = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+            libc::setrlimit(libc::RLIMIT_CORE, &none);
+            Ok(())
+        });
+    }
+    let r = run(cmd, Duration::from_secs(60), what);
+    let expected = r
+        .stdout
+        .lines()
+        .find_map(|l| l.strip_prefix("expect "))
+        .unwrap_or_else(|| panic!("{what}: no expected message on stdout\n{}\n{}", r.stdout, r.stderr));
+    assert_eq!(
+        r.status.signal(),
+        Some(libc::SIGABRT),
+        "{what}: expected abort (exit status 134), got {}\n--- stderr ---\n{}",
+        r.status_text(),
+        r.stderr
+    );
+    assert_eq!(r.stderr.trim_end(), expected, "{what}: wrong message on stderr");
 }
 
 /// The result of one finished process.
@@ -363,6 +403,30 @@ fn parse_binding(line: &str) -> Option<Binding<'_>> {
 }
 
 const ALLOCATOR_SYMBOLS: &[&str] = &["malloc", "free", "calloc", "realloc"];
+
+/// Runs `cmd` once with `LD_DEBUG=bindings` and checks that each of
+/// `symbols`, referenced from the file `from` (its full path), binds to
+/// `lib`.
+pub fn check_symbols_bind(mut cmd: Command, lib: &Path, symbols: &[&str], from: &str, what: &str) {
+    cmd.env("LD_DEBUG", "bindings").env_remove("LD_DEBUG_OUTPUT");
+    let r = run(cmd, Duration::from_secs(120), &format!("{what} (LD_DEBUG=bindings probe)"));
+    let is_lib = |to: &str| Path::new(to).canonicalize().is_ok_and(|p| p == lib);
+    for symbol in symbols {
+        let targets: Vec<&str> = r
+            .stderr
+            .lines()
+            .filter_map(parse_binding)
+            .filter(|b| b.symbol == *symbol && b.from == from)
+            .map(|b| b.to)
+            .collect();
+        assert!(
+            !targets.is_empty() && targets.iter().all(|to| is_lib(to)),
+            "{what}: `{symbol}' from {from} binds to {targets:?}, not only to {} ({})",
+            lib.display(),
+            r.status_text()
+        );
+    }
+}
 
 /// Runs `cmd` once with `LD_DEBUG=bindings` and checks that `malloc` binds
 /// to `lib`: from each file in `required_from` (matched by its full path or
