@@ -33,7 +33,7 @@ typedef struct pymalloc_stats {
     size_t free_arena_bytes; /* bytes in free arenas */
     size_t large_blocks; /* large blocks in use */
     size_t large_bytes; /* bytes in large blocks */
-    size_t cached_mappings; /* freed large blocks kept for reuse */
+    size_t cached_mappings; /* large blocks kept for reuse */
     size_t cached_bytes; /* bytes they keep resident */
     size_t blocks_in_use; /* blocks in use, all sizes */
     size_t bytes_in_use; /* bytes in use, all sizes */

@@ -38,6 +38,11 @@
 //! | above 4 MiB           | a private mapping each (`large`), with a learned cache |
 //! | aligned               | the smallest class whose size is a multiple of the alignment, else a span or a mapping |
 //!
+//! Entry points: `abi` exports the C API under glibc's names; `cxx`
+//! exports C++'s `operator delete` forms, whose sizes and alignments are
+//! checked as `free_sized`'s. Both lead to the calling thread's cache, or
+//! to the heap under its lock (through `debug_mode` when it is on).
+//!
 //! With the default geometry (CPython 3.10+), pools are 16 KiB / 64 KiB /
 //! 256 KiB / 1 MiB in 1 MiB arenas; the classic geometry (feature
 //! `classic-geometry`) uses 4 KiB / 16 KiB / 64 KiB / 256 KiB in 256 KiB

@@ -311,6 +311,7 @@ mod tests {
         assert!(!raw.held_by_me());
         raw.lock_strict();
         assert!(raw.held_by_me());
+        // SAFETY: as above; another thread only asks who holds it.
         assert!(!std::thread::spawn(|| unsafe { M.raw() }.held_by_me()).join().unwrap());
         // SAFETY: taken above by this thread.
         unsafe { raw.unlock_strict() };

@@ -21,7 +21,7 @@ stats_fields! {
     free_arena_bytes: "bytes in free arenas",
     large_blocks: "large blocks in use",
     large_bytes: "bytes in large blocks",
-    cached_mappings: "freed large blocks kept for reuse",
+    cached_mappings: "large blocks kept for reuse",
     cached_bytes: "bytes they keep resident",
     blocks_in_use: "blocks in use, all sizes",
     bytes_in_use: "bytes in use, all sizes",

@@ -16,7 +16,7 @@ fn run_c_program(name: &str, config: Config) {
 }
 
 /// The environment a program needs in every configuration.
-fn program_env(name: &str) -> &'static [(&'static str, &'static str)] {
+fn program_env(name: &str) -> Env {
     match name {
         // It compares the heap before and after each failure: no decay
         // (an hour) may give kept pools back while it runs, however slow
@@ -51,10 +51,13 @@ fn run_c_program_with(name: &str, config: Config, env: &[(&str, &str)]) {
     r.assert_success(&format!("{name} ({config:?})"));
 }
 
+/// Extra environment variables of a run.
+type Env = &'static [(&'static str, &'static str)];
+
 /// The debug mode (guard bytes, poisoning, a quarantine) must keep every
 /// function's semantics: each program runs under it too.
 // (A small quarantine, so that blocks leave it while the programs run.)
-const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "256K")];
+const DEBUG: Env = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "256K")];
 
 macro_rules! c_tests {
     ($($preload:ident, $linked:ident, $debug:ident => $name:literal;)*) => {$(
@@ -105,7 +108,7 @@ fn freed_large_blocks_fault_when_touched() {
     let lib = library();
     for config in [Config::Preload, Config::Linked] {
         let exe = compile_c("large_use_after_free", config);
-        let cases: &[(&str, &str, &[(&str, &str)])] = &[
+        let cases: &[(&str, &str, Env)] = &[
             ("8388608", "read", &[]),
             ("8388608", "write", &[]),
             ("8388608", "read", &[("PYMALLOC_LARGE_CACHE", "0")]),

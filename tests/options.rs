@@ -106,7 +106,8 @@ fn options_are_read_before_libc_is_initialised() {
 fn memory_goes_back_to_the_os_as_the_options_say() {
     let exe = compile_c("memory_return", Config::Linked);
     let exe = exe.to_str().unwrap();
-    let cases: &[(&[&str], &[(&str, &str)])] = &[
+    type Env = &'static [(&'static str, &'static str)];
+    let cases: &[(&[&str], Env)] = &[
         (&["trim"], &[]),
         (&["decay", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
         (&["decay", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
