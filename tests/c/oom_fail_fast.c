@@ -7,8 +7,7 @@
 #include "check.h"
 #include "../../include/pymalloc.h"
 
-#include <fcntl.h>
-#include <sys/resource.h>
+#include "rlimit.h"
 
 #pragma GCC diagnostic ignored "-Wdeprecated-declarations" /* valloc, pvalloc */
 
@@ -18,32 +17,6 @@
 #define KiB ((size_t)1 << 10)
 #define MiB ((size_t)1 << 20)
 #define TiB ((size_t)1 << 40)
-
-/* Grow the stack now: once the address space is full it cannot grow. */
-__attribute__((noinline)) static void grow_stack(void) {
-    volatile char buf[1 << 20];
-    memset((char *)buf, 1, sizeof buf);
-}
-
-static size_t vm_size(void) { /* VmSize from /proc/self/status, without malloc */
-    char buf[8192];
-    int fd = open("/proc/self/status", O_RDONLY);
-    CHECK(fd >= 0, "open /proc/self/status failed");
-    ssize_t n = read(fd, buf, sizeof buf - 1);
-    close(fd);
-    CHECK(n > 0, "read /proc/self/status failed");
-    buf[n] = 0;
-    char *v = strstr(buf, "VmSize:");
-    CHECK(v != NULL, "no VmSize in /proc/self/status");
-    return (size_t)strtoull(v + 7, NULL, 10) * 1024;
-}
-
-static void set_limit(rlim_t cur) {
-    struct rlimit rl;
-    CHECK(getrlimit(RLIMIT_AS, &rl) == 0, "getrlimit failed");
-    rl.rlim_cur = cur;
-    CHECK(setrlimit(RLIMIT_AS, &rl) == 0, "setrlimit(RLIMIT_AS) failed: %s", strerror(errno));
-}
 
 /* What the allocator holds from the OS, and what it keeps for reuse. */
 typedef struct {
