@@ -28,6 +28,11 @@ use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_
 use crate::slab::Slab;
 use crate::stats::Counters;
 
+/// The alignment of mappings of their own, and of the address space a
+/// freed one moves to: a page table's reach on x86-64 and aarch64 (4 KiB
+/// pages), so that `mremap` moves page tables, not each page's entry.
+const MOVE_ALIGN: usize = 2 << 20;
+
 /// The one heap of the process and its lock.
 pub static HEAP: Mutex<FutexMutex, Heap> = Mutex::from_raw(FutexMutex::INIT, Heap::new());
 
@@ -939,7 +944,8 @@ impl Heap {
         if let Some(block) = self.reuse_cached(len, align).ok()? {
             return Some((block, false));
         }
-        let base = self.map_memory(len, align);
+        // Aligned as `move_away` will move it when it is freed.
+        let base = self.map_memory(len, align.max(MOVE_ALIGN));
         if base.is_null() {
             return None;
         }
@@ -982,18 +988,11 @@ impl Heap {
             b.base = moved;
             b.len = len;
         }
-        // SAFETY: cached mappings are inaccessible; this one is now the
-        // caller's.
-        if !unsafe { os::protect(b.base, b.len, true) } {
-            self.unmap_large(b);
-            return Ok(None);
-        }
         Ok(Some(b))
     }
 
-    /// Cuts cached mapping `b` to `len` bytes; the rest (inaccessible, as
-    /// all of `b` was) becomes a cached mapping of its own, or is unmapped
-    /// when the cache cannot take it.
+    /// Cuts cached mapping `b` to `len` bytes; the rest becomes a cached
+    /// mapping of its own, or is unmapped when the cache cannot take it.
     fn cache_tail(&mut self, b: &mut LargeBlock, len: usize) {
         // SAFETY: `len` is inside the mapping.
         let tail_base = unsafe { b.base.add(len) };
@@ -1193,16 +1192,36 @@ impl Heap {
             b.dirty_len = b.len;
             b.freed_at = now;
             self.release_span(b);
-        } else if self.large_cache.learn(b.len, self.counters.large_bytes)
-            // SAFETY: as above; a stale pointer into a cached mapping
-            // faults at once. One that stays accessible is not cached.
-            && unsafe { os::protect(b.base, b.len, false) }
-        {
+        } else if self.large_cache.learn(b.len, self.counters.large_bytes) && self.move_away(b) {
             let evicted = self.large_cache.insert(b, now);
             self.unmap_large_list(evicted);
         } else {
             self.unmap_large(b);
         }
+    }
+
+    /// Moves freed mapping `b`, pages and all, to fresh address space
+    /// (one `mremap`, which moves whole page tables where both ends are
+    /// 2 MiB aligned): its old address is unmapped, so a stale pointer
+    /// faults at once, and it is ready for reuse where it now is. False
+    /// (nothing changed) when no address space could be had.
+    fn move_away(&mut self, b: &mut LargeBlock) -> bool {
+        // The alignment it has (what a request may have asked for), from
+        // 2 MiB (a page table's reach) to 64 MiB (more is by chance).
+        let align = (1usize << (b.base as usize).trailing_zeros()).clamp(MOVE_ALIGN, 64 << 20);
+        let target = os::reserve_aligned(b.len, align);
+        if target.is_null() {
+            return false;
+        }
+        // SAFETY: `b` is one whole mapping of ours, out of the map, that
+        // nobody may touch any more; `target` was reserved just above.
+        if !unsafe { os::move_onto(b.base, b.len, b.len, target) } {
+            // SAFETY: reserved above, unused.
+            unsafe { os::unmap(target, b.len) };
+            return false;
+        }
+        b.base = target;
+        true
     }
 
     /// The time stamp of a large block freed now: read anew (a large free

@@ -10,11 +10,16 @@
 //! back to the OS.
 //!
 //! How much the cache keeps is learned, as glibc learns its mmap
-//! threshold: twice the largest mapping freed lately, at most
-//! `PYMALLOC_LARGE_CACHE`. A program that replaces 20 MiB buffers keeps
-//! one or two of them resident for the next request; one that frees a
-//! few 200 KiB buffers keeps 400 KiB, not tens of MiB. Each time decay
-//! gives cached mappings back unused, the limit halves.
+//! threshold: twice the largest mapping freed lately (or a quarter of the
+//! bytes in live large blocks), at most `PYMALLOC_LARGE_CACHE`. A program
+//! that replaces 20 MiB buffers keeps one or two of them resident for the
+//! next request. When decay empties the cache, the limit starts from
+//! zero again.
+//!
+//! A freed mapping enters the cache at another address: the heap moves
+//! it, pages and all, to fresh address space (`Heap::move_away`, one
+//! `mremap`), so the address the program knew is unmapped and a stale
+//! pointer faults, as after glibc's `munmap`.
 
 use core::ptr;
 

@@ -68,8 +68,9 @@
 //!   `purge`.
 //! - A region is tiled by spans in address order; no two free spans are
 //!   neighbours; a free span's pages past its `dirty_len` read as zero;
-//!   see `region`. Cached mappings are inaccessible (`PROT_NONE`), and in
-//!   the debug mode free spans too.
+//!   see `region`. A cached mapping is never at the address it was freed
+//!   at (moved by `mremap`), and in the debug mode free spans are
+//!   inaccessible (`PROT_NONE`).
 //! - Every pointer passed to `free`, `realloc` or `malloc_usable_size` is
 //!   looked up in the arena map and must be the first byte of a live
 //!   block; anything else aborts with a message (`debug::fatal`).

@@ -111,6 +111,16 @@ pub fn span_needed(len: usize, align: usize) -> Option<usize> {
 /// Maps `len` bytes aligned to `align` (a power of two) by over-mapping
 /// and trimming both ends.
 pub fn map_aligned(len: usize, align: usize) -> *mut u8 {
+    aligned(len, align, map)
+}
+
+/// As `reserve`, aligned to `align` (a power of two).
+pub fn reserve_aligned(len: usize, align: usize) -> *mut u8 {
+    aligned(len, align, reserve)
+}
+
+/// `len` bytes aligned to `align` from `map`, over-mapped and trimmed.
+fn aligned(len: usize, align: usize, map: fn(usize) -> *mut u8) -> *mut u8 {
     if align <= PAGE_SIZE {
         return map(len);
     }
