@@ -147,13 +147,8 @@ impl Snapshot {
         let cached = thread_cache::holdings(heap);
         for (class, &blocks) in cached.blocks.iter().enumerate() {
             let (Some(c), size) = (classes.get_mut(class), size_of(class)) else { continue };
-            let blocks = blocks.min(c.blocks_in_use);
-            c.blocks_in_use -= blocks;
+            let blocks = not_in_use(&mut t, c, class, blocks);
             c.blocks_free += blocks;
-            let (count, bytes) =
-                if class < SMALL_CLASSES { (&mut t.small_blocks, &mut t.small_bytes) } else { (&mut t.medium_blocks, &mut t.medium_bytes) };
-            *count -= blocks;
-            *bytes -= blocks * size;
             t.avail_bytes += blocks * size;
             t.thread_cache_blocks += blocks;
             t.thread_cache_bytes += blocks * size;
@@ -172,12 +167,7 @@ impl Snapshot {
             }
             let class = class_of(class_size);
             let Some(c) = classes.get_mut(class) else { return };
-            c.blocks_in_use = c.blocks_in_use.saturating_sub(1);
-            let (count, bytes) =
-                if class < SMALL_CLASSES { (&mut t.small_blocks, &mut t.small_bytes) } else { (&mut t.medium_blocks, &mut t.medium_bytes) };
-            *count = count.saturating_sub(1);
-            *bytes = bytes.saturating_sub(class_size);
-            t.quarantined_bytes += class_size;
+            t.quarantined_bytes += not_in_use(&mut t, c, class, 1) * class_size;
         });
         t.blocks_in_use = t.small_blocks + t.medium_blocks + t.large_blocks;
         t.bytes_in_use = t.small_bytes + t.medium_bytes + t.large_bytes;
@@ -264,6 +254,18 @@ impl Snapshot {
         writeln!(out, "<aspace type=\"total\" size=\"{}\"/>", t.arena_bytes + t.large_bytes)?;
         writeln!(out, "</malloc>")
     }
+}
+
+/// Takes `blocks` blocks of `class` (whose counts are `c`) out of the
+/// in-use counts, no more than were counted there; returns how many.
+fn not_in_use(t: &mut Totals, c: &mut ClassStats, class: usize, blocks: usize) -> usize {
+    let blocks = blocks.min(c.blocks_in_use);
+    c.blocks_in_use -= blocks;
+    let (count, bytes) =
+        if class < SMALL_CLASSES { (&mut t.small_blocks, &mut t.small_bytes) } else { (&mut t.medium_blocks, &mut t.medium_bytes) };
+    *count = count.saturating_sub(blocks);
+    *bytes = bytes.saturating_sub(blocks * size_of(class));
+    blocks
 }
 
 /// What a pool is doing, for the picture (`pool_states` in the JSON).
