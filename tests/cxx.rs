@@ -4,6 +4,7 @@
 //! must succeed; each case of `delete_misuse.cc` must abort with the
 //! library's one-line message, and survive without the library.
 
+#[macro_use]
 mod common;
 
 use common::{Config, check_abort, check_symbols_bind, clean_env, compile_cxx, library, run};
@@ -74,31 +75,8 @@ fn run_misuse(case: &str, config: Config, env: &[(&str, &str)]) {
     check_abort(cmd, &format!("delete_misuse {case} ({config:?}, {env:?})"));
 }
 
-macro_rules! misuse_tests {
-    ($($name:ident => $case:literal;)*) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn preload() {
-                run_misuse($case, Config::Preload, &[]);
-            }
-            #[test]
-            fn linked() {
-                run_misuse($case, Config::Linked, &[]);
-            }
-            #[test]
-            fn debug_preload() {
-                run_misuse($case, Config::Preload, DEBUG);
-            }
-            #[test]
-            fn debug_linked() {
-                run_misuse($case, Config::Linked, DEBUG);
-            }
-        }
-    )*};
-}
-
-misuse_tests! {
+tests_in_four_configs! {
+    run_misuse, DEBUG;
     base_pointer => "base-pointer";
     base_pointer_in_thread => "base-pointer-in-thread";
     aligned_base_pointer_in_thread => "aligned-base-pointer-in-thread";

@@ -3,6 +3,7 @@
 //! stderr, preloaded and linked, in the default mode and in the debug
 //! mode (`PYMALLOC_DEBUG=1`, with a quarantine).
 
+#[macro_use]
 mod common;
 
 use common::{Config, check_abort, clean_env, compile_c, library};
@@ -32,30 +33,6 @@ fn run_case(case: &str, config: Config, env: &[(&str, &str)]) {
 }
 
 const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "1M")];
-
-macro_rules! misuse_tests {
-    ($($name:ident => $case:literal;)*) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn preload() {
-                run_case($case, Config::Preload, &[]);
-            }
-            #[test]
-            fn linked() {
-                run_case($case, Config::Linked, &[]);
-            }
-            #[test]
-            fn debug_preload() {
-                run_case($case, Config::Preload, DEBUG);
-            }
-            #[test]
-            fn debug_linked() {
-                run_case($case, Config::Linked, DEBUG);
-            }
-        }
-    )*};
-}
 
 /// Misuse only the debug mode sees.
 macro_rules! debug_misuse_tests {
@@ -107,7 +84,8 @@ quarantine_tests! {
     check_heap_write_after_free => "check-heap-write-after-free";
 }
 
-misuse_tests! {
+tests_in_four_configs! {
+    run_case, DEBUG;
     double_free_small => "double-free-small";
     double_free_medium => "double-free-medium";
     double_free_other_thread_small => "double-free-other-thread-small";

@@ -145,6 +145,34 @@ fn compile(compiler: &str, src: &Path, flags: &[&str], out: PathBuf, config: Con
     out
 }
 
+/// For each `name => case`, a module of four tests that call
+/// `run(case, config, env)`: preloaded and linked, each in the default
+/// mode (no extra environment) and with `debug` (the debug mode's).
+#[allow(unused_macros)]
+macro_rules! tests_in_four_configs {
+    ($run:ident, $debug:expr; $($name:ident => $case:literal;)*) => {$(
+        mod $name {
+            use super::*;
+            #[test]
+            fn preload() {
+                $run($case, Config::Preload, &[]);
+            }
+            #[test]
+            fn linked() {
+                $run($case, Config::Linked, &[]);
+            }
+            #[test]
+            fn debug_preload() {
+                $run($case, Config::Preload, $debug);
+            }
+            #[test]
+            fn debug_linked() {
+                $run($case, Config::Linked, $debug);
+            }
+        }
+    )*};
+}
+
 /// Runs a misuse program (`tests/c/misuse.c`, `tests/cxx/delete_misuse.cc`)
 /// that prints "expect LINE" on stdout and then misuses the heap: it must
 /// abort (SIGABRT, exit status 134) after writing exactly LINE on stderr.
