@@ -9,14 +9,15 @@ use core::fmt::Write;
 use core::ptr;
 
 use crate::config;
-use crate::debug::{self, fatal};
+use crate::fault::{self, Fault, fatal};
 use crate::debug_mode;
 use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
-use crate::heap::{Block, Fault, HEAP, Heap, HeapGuard, Resize, sized_fits_class, stays_in_place};
+use crate::heap::{Block, HEAP, Heap, HeapGuard, Resize, sized_fits_class, stays_in_place};
 use crate::size_class::{self, class_of};
 use crate::os::set_errno;
 use crate::report;
-use crate::stats::{ChunkWriter, Snapshot, Totals, write_fd};
+use crate::print::{ChunkWriter, write_fd};
+use crate::stats::{Snapshot, Totals};
 use crate::thread_cache::{self, CACHE_MAX};
 
 /// Whether the debug mode (`debug_mode`) is on; resolves the options on
@@ -591,7 +592,7 @@ pub extern "C" fn pymalloc_check_heap() -> c_int {
         (result, if debug && result.is_ok() { debug_mode::check(&heap) } else { Ok(()) })
     };
     if let Err((fault, block)) = guards {
-        debug::report("pymalloc_check_heap", fault, block);
+        fault::report("pymalloc_check_heap", fault, block);
         return -1;
     }
     match result {

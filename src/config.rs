@@ -38,7 +38,7 @@ use core::ffi::c_char;
 use core::fmt::{self, Write};
 use core::sync::atomic::{AtomicU8, Ordering};
 
-use crate::stats::{ChunkWriter, write_fd};
+use crate::print::{ChunkWriter, write_fd};
 
 /// What `PYMALLOC_SHOW_STATS` asks for at exit.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

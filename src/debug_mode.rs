@@ -34,7 +34,8 @@
 
 use crate::config;
 use crate::geometry::{ARENA_SIZE, MAX_REQUEST};
-use crate::heap::{Fault, Heap};
+use crate::fault::Fault;
+use crate::heap::Heap;
 
 pub const GUARD: u8 = 0xFD;
 pub const FRESH: u8 = 0xCD;

@@ -13,6 +13,7 @@ use lock_api::{Mutex, MutexGuard, RawMutex};
 use crate::arena::{Arena, Tier};
 use crate::arena_map::{ArenaMap, Owner};
 use crate::debug_mode::Quarantine;
+use crate::fault::Fault;
 use crate::hardening::Secret;
 use crate::geometry::{
     ARENA_SIZE, GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT,
@@ -26,7 +27,6 @@ use crate::config;
 use crate::purge::{self, DirtyPools, FreeArenas, TICK_FREES};
 use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_of};
 use crate::slab::Slab;
-use crate::stats::Counters;
 
 /// The alignment of mappings of their own, and of the address space a
 /// freed one moves to: a page table's reach on x86-64 and aarch64 (4 KiB
@@ -50,35 +50,39 @@ impl Block {
     const NONE: Block = Block { ptr: ptr::null_mut(), zeroed: false };
 }
 
-/// Heap misuse detected by an operation, reported by `abi` after the lock
-/// is released (`debug::fatal`).
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Fault {
-    /// Not the first byte of a block of ours.
-    InvalidPointer,
-    /// A block that is already free: of a class of `class_size` bytes, or
-    /// a large block (`class_size` 0).
-    Freed { class_size: usize },
-    /// The free-list link held by the free block `at` was overwritten.
-    CorruptFreeList { at: *mut u8, class_size: usize },
-    /// A size passed to `free_sized` that the block (of `class_size`
-    /// bytes, 0 for a large block) cannot have been allocated for.
-    WrongSize { size: usize, class_size: usize },
-    /// An alignment passed to `free_aligned_sized` that the block does
-    /// not have, or that is not a power of two.
-    WrongAlignment { align: usize },
-    /// Debug mode: a size passed to `free_sized` that is not the one the
-    /// block was allocated (or reallocated) for.
-    WrongRequestedSize { size: usize, requested: usize },
-    /// Debug mode: the guard bytes after a block of `size` bytes were
-    /// overwritten; `found` are the 8 bytes at `offset` from its start.
-    Overflow { size: usize, offset: usize, found: [u8; 8] },
-    /// Debug mode: the guard bytes just before a block were overwritten
-    /// (`found`; `size` is what its header says).
-    Underflow { size: usize, found: [u8; 8] },
-    /// Debug mode: a quarantined `block` of `size` bytes was written after
-    /// it was freed: `found` at `offset`.
-    WriteAfterFree { block: *mut u8, size: usize, offset: usize, found: [u8; 8] },
+/// What the heap counts as it changes, under its lock (the rest of the
+/// statistics are counted by walking the heap, or by `os`).
+#[derive(Clone, Copy, Default)]
+pub struct Counters {
+    /// Arenas mapped now (free ones included).
+    pub arenas: usize,
+    pub arenas_allocated: usize,
+    pub arenas_reclaimed: usize,
+    pub arenas_highwater: usize,
+    pub large_blocks: usize,
+    pub large_bytes: usize,
+}
+
+impl Counters {
+    pub const ZERO: Counters = Counters {
+        arenas: 0,
+        arenas_allocated: 0,
+        arenas_reclaimed: 0,
+        arenas_highwater: 0,
+        large_blocks: 0,
+        large_bytes: 0,
+    };
+
+    pub fn arena_mapped(&mut self) {
+        self.arenas += 1;
+        self.arenas_allocated += 1;
+        self.arenas_highwater = self.arenas_highwater.max(self.arenas);
+    }
+
+    pub fn arena_unmapped(&mut self) {
+        self.arenas -= 1;
+        self.arenas_reclaimed += 1;
+    }
 }
 
 /// Where a live block lives.

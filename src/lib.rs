@@ -73,7 +73,7 @@
 //!   inaccessible (`PROT_NONE`).
 //! - Every pointer passed to `free`, `realloc` or `malloc_usable_size` is
 //!   looked up in the arena map and must be the first byte of a live
-//!   block; anything else aborts with a message (`debug::fatal`).
+//!   block; anything else aborts with a message (`fault::fatal`).
 //! - Every block is 16-byte aligned; a block's alignment is the lowest
 //!   set bit of its class size.
 //!
@@ -113,8 +113,9 @@ mod arena_map;
 mod config;
 #[cfg_attr(test, allow(dead_code))] // in tests nothing is exported
 mod cxx;
-mod debug;
+mod check;
 mod debug_mode;
+mod fault;
 #[cfg_attr(test, allow(dead_code))] // installed by the constructor, absent in tests
 mod fork;
 mod geometry;
@@ -125,6 +126,7 @@ mod large;
 mod lock;
 mod os;
 mod pool;
+mod print;
 mod purge;
 mod region;
 #[cfg_attr(test, allow(dead_code))] // the exit hook is absent in tests

@@ -4,7 +4,8 @@
 use std::collections::BTreeMap;
 
 use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE};
-use crate::heap::{Block, Fault, Heap, Resize};
+use crate::fault::Fault;
+use crate::heap::{Block, Heap, Resize};
 use crate::size_class::NUM_CLASSES;
 
 /// xorshift64*: deterministic, no dependencies.

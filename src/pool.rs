@@ -26,7 +26,7 @@ use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 use crate::arena::Arena;
 use crate::geometry::MIN_ALIGN;
 use crate::hardening::Secret;
-use crate::heap::Fault;
+use crate::fault::Fault;
 use crate::size_class::{RECIP_SHIFT, class_info};
 
 /// A count that changes under the heap lock while other threads read it

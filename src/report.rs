@@ -15,7 +15,8 @@ use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, PAGE_SIZE, SMALL_MAX};
 use crate::heap::HEAP;
 use crate::os;
 use crate::size_class::{MEDIUM_CLASSES, NUM_CLASSES, SMALL_CLASSES, class_info, size_of};
-use crate::stats::{ArenaDetail, ChunkWriter, NoCancel, PoolState, Snapshot, collect_detail, write_fd};
+use crate::print::{ChunkWriter, NoCancel, write_fd};
+use crate::stats::{ArenaDetail, PoolState, Snapshot, collect_detail};
 
 /// `n` with thousands separators, as CPython prints its totals.
 struct Grouped(usize);

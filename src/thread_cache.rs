@@ -71,7 +71,8 @@ use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
 
 use crate::config;
 use crate::hardening::Secret;
-use crate::heap::{Fault, HEAP, Heap};
+use crate::fault::Fault;
+use crate::heap::{HEAP, Heap};
 use crate::lock::single_threaded;
 use crate::purge::{self, TICK_FREES};
 use crate::size_class::{NUM_CLASSES, class_info, class_of};
@@ -281,7 +282,7 @@ unsafe fn destroy(cache: *mut ThreadCache) {
     }
     drop(heap);
     if let Err(fault) = result {
-        crate::debug::fatal("free", fault, ptr::null());
+        crate::fault::fatal("free", fault, ptr::null());
     }
 }
 
@@ -501,7 +502,7 @@ impl ThreadCache {
         if first.is_null() {
             if let Some(fault) = heap.take_fault() {
                 drop(heap);
-                crate::debug::fatal(function, fault, ptr::null());
+                crate::fault::fatal(function, fault, ptr::null());
             }
             drop(heap);
             crate::os::set_errno(libc::ENOMEM);
@@ -542,7 +543,7 @@ impl ThreadCache {
         }
         drop(heap);
         if let Err(fault) = result {
-            crate::debug::fatal("free", fault, ptr::null());
+            crate::fault::fatal("free", fault, ptr::null());
         }
         self.push(p, class);
     }
@@ -598,7 +599,7 @@ impl ThreadCache {
 #[cold]
 fn corrupted(block: *mut u8, size: u32, function: &str) -> ! {
     let fault = Fault::CorruptFreeList { at: block, class_size: size as usize };
-    crate::debug::fatal(function, fault, ptr::null())
+    crate::fault::fatal(function, fault, ptr::null())
 }
 
 /// `malloc_trim`: gives the calling thread's cached blocks back to the heap.

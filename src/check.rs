@@ -1,85 +1,14 @@
-//! Fatal error reports and the heap's invariant walk.
+//! The heap's invariant walk (`pymalloc_check_heap`, and the tests).
 
-use core::fmt::Write;
 use core::ptr;
 
 use crate::arena::Arena;
 use crate::arena_map::Owner;
 use crate::geometry::{ARENA_SIZE, TIER_COUNT};
 use crate::hardening::Secret;
-use crate::heap::{Fault, Heap};
+use crate::heap::Heap;
 use crate::pool::Pool;
 use crate::size_class::{NUM_CLASSES, class_info};
-use crate::stats::{ChunkWriter, write_fd};
-
-/// Reports heap misuse by `function` with the pointer `addr` it was given
-/// (null for allocating functions) in one line on stderr, and aborts.
-/// Called with the heap lock released, so that signal handlers run by
-/// `abort` can still allocate.
-#[cold]
-pub fn fatal(function: &str, fault: Fault, addr: *const u8) -> ! {
-    report(function, fault, addr);
-    // SAFETY: abort never returns and is async-signal-safe.
-    unsafe { libc::abort() }
-}
-
-/// Writes the line `fatal` writes, without aborting.
-#[cold]
-pub fn report(function: &str, fault: Fault, addr: *const u8) {
-    {
-        let mut out = ChunkWriter::new(|bytes| write_fd(2, bytes));
-        // C++ operators are named with their parameters already.
-        let parens = if function.ends_with(')') { "" } else { "()" };
-        let _ = write!(out, "pymalloc: {function}{parens}: ");
-        let _ = match fault {
-            Fault::InvalidPointer => write!(out, "invalid pointer {addr:p}"),
-            Fault::Freed { class_size } => {
-                let frees = matches!(function, "free" | "free_sized" | "free_aligned_sized")
-                    || function.starts_with("operator delete");
-                let what = if frees { "double free of" } else { "pointer to a freed block" };
-                write!(out, "{what} {addr:p}, ")
-                    .and_then(|()| write_class(&mut out, class_size))
-            }
-            Fault::CorruptFreeList { at, class_size } => {
-                write!(out, "corrupted free list: link in free block {at:p} overwritten, ")
-                    .and_then(|()| write_class(&mut out, class_size))
-            }
-            Fault::WrongSize { size, class_size } => write!(out, "wrong size {size} for block {addr:p}, ")
-                .and_then(|()| write_class(&mut out, class_size)),
-            Fault::WrongAlignment { align } => write!(out, "wrong alignment {align} for block {addr:p}"),
-            Fault::WrongRequestedSize { size, requested } => {
-                write!(out, "wrong size {size} for block {addr:p} of {requested} bytes")
-            }
-            Fault::Overflow { size, offset, found } => {
-                write!(out, "buffer overflow after block {addr:p} of {size} bytes: at offset {offset}: ")
-                    .and_then(|()| write_bytes(&mut out, found))
-            }
-            Fault::Underflow { size, found } => {
-                write!(out, "buffer underflow before block {addr:p} of {size} bytes: the 8 bytes before it: ")
-                    .and_then(|()| write_bytes(&mut out, found))
-            }
-            Fault::WriteAfterFree { block, size, offset, found } => {
-                write!(out, "write after free in block {block:p} of {size} bytes: at offset {offset}: ")
-                    .and_then(|()| write_bytes(&mut out, found))
-            }
-        };
-        let _ = out.write_str("\n");
-    }
-}
-
-fn write_bytes(out: &mut impl Write, bytes: [u8; 8]) -> core::fmt::Result {
-    for (i, b) in bytes.iter().enumerate() {
-        write!(out, "{}{b:02x}", if i == 0 { "" } else { " " })?;
-    }
-    Ok(())
-}
-
-fn write_class(out: &mut impl Write, class_size: usize) -> core::fmt::Result {
-    match class_size {
-        0 => write!(out, "large block"),
-        n => write!(out, "size class {n}"),
-    }
-}
 
 impl Heap {
     /// Walks the whole heap and returns the first broken invariant, if any.
