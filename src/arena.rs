@@ -92,13 +92,12 @@ impl Arena {
         let offset = index * size;
         let dirty = self.dirty_end.saturating_sub(offset).min(size) as u32;
         self.dirty_end = self.dirty_end.max(offset + size);
-        let arena: *mut Arena = self;
         // SAFETY: index < ntotalpools (a free pool exists and none is on
         // the free list, so not all were born), so the pool lies inside the
         // arena's mapping and its header inside `pools`.
         unsafe {
             let pool = self.pools.get_unchecked_mut(index);
-            *pool = Pool::unborn(self.base.add(offset), arena, dirty);
+            *pool = Pool::unborn(self.base.add(offset), self.pool_shift, dirty);
             pool
         }
     }

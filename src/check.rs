@@ -64,7 +64,7 @@ impl Heap {
         let mut cur = arena.freepools;
         // SAFETY: free-pool lists hold pools of this arena's descriptor.
         while let Some(pool) = unsafe { cur.as_ref() } {
-            if pool.ref_count.get() != 0 || !core::ptr::eq(pool.arena, arena) {
+            if pool.ref_count.get() != 0 || (pool.base as usize).wrapping_sub(arena.base as usize) >= ARENA_SIZE {
                 return Err("free-pool list holds a pool in use or of another arena");
             }
             on_free_list += 1;

@@ -517,7 +517,7 @@ impl Heap {
             // SAFETY: listed pools are empty pools of live arenas.
             unsafe {
                 let pool = &mut *pool;
-                os::decommit(pool.base, (*pool.arena).pool_size());
+                os::decommit(pool.base, pool.size());
                 pool.decommitted();
             }
             released = true;
@@ -690,9 +690,7 @@ impl Heap {
         // SAFETY: take_pool returns a live, empty pool of a live arena.
         let pool = unsafe { &mut *pool };
         self.dirty_pools.remove(pool);
-        // SAFETY: as above.
-        let pool_size = unsafe { (*pool.arena).pool_size() };
-        pool.init(class, pool_size);
+        pool.init(class);
         self.link_used(pool);
         pool
     }
@@ -711,10 +709,10 @@ impl Heap {
         // both of which forget it first. A pool's arena outlives it.
         unsafe {
             let kept = *self.kept_slot((*pool).class as usize);
-            let arena = &*(*pool).arena;
+            let arena = &*self.arena_of(&*pool);
             let mut give = ptr::null_mut();
             if !kept.is_null() && kept != pool && (*kept).ref_count.get() == 0 {
-                let fuller = arena.nfreepools < (*(*kept).arena).nfreepools;
+                let fuller = arena.nfreepools < (*self.arena_of(&*kept)).nfreepools;
                 give = if fuller { kept } else { pool };
             } else if kept != pool {
                 // Kept only where a new pool would come from: the tier's
@@ -755,13 +753,20 @@ impl Heap {
             self.kept[class] = ptr::null_mut();
             if pool.dirty_end != 0 {
                 // SAFETY: the pool is empty: none of its bytes is in use.
-                unsafe { os::decommit(pool.base, (*pool.arena).pool_size()) };
+                unsafe { os::decommit(pool.base, pool.size()) };
                 pool.decommitted();
             }
             self.give_back(pool);
             released = true;
         }
         released
+    }
+
+    /// The arena of a born pool, as the arena map names it.
+    fn arena_of(&self, pool: &Pool) -> *mut Arena {
+        // SAFETY: our own live map; a born pool lies inside its arena,
+        // which the map names while it is mapped.
+        unsafe { ArenaMap::arena_of(&self.map, pool.base as usize) }
     }
 
     /// Returns an empty pool, on no used list and not kept, to its arena.
@@ -771,7 +776,7 @@ impl Heap {
             self.dirty_pools.push(pool, self.clock);
         }
         // SAFETY: a pool's arena outlives it.
-        let arena = unsafe { &mut *pool.arena };
+        let arena = unsafe { &mut *self.arena_of(pool) };
         if self.tier_mut(arena.tier as usize).return_pool(arena, pool) {
             self.retire_arena(arena);
         }

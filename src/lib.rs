@@ -106,44 +106,56 @@
 
 #![cfg_attr(not(test), no_std)]
 
-#[cfg_attr(test, allow(dead_code))] // in tests nothing is exported
-mod abi;
-mod arena;
-mod arena_map;
-mod config;
+// The modules, top layer first: each names (`crate::...`) only modules
+// declared after it (tests/layers.rs checks it).
+
+#[cfg(test)]
+mod model_tests;
+
+// Entry points: the exported functions and start-up.
 #[cfg_attr(test, allow(dead_code))] // in tests nothing is exported
 mod cxx;
-mod check;
-mod debug_mode;
-mod fault;
+#[cfg_attr(test, allow(dead_code))] // in tests nothing is exported
+mod abi;
+mod init;
+
+// Front: what stands before the heap.
 #[cfg_attr(test, allow(dead_code))] // installed by the constructor, absent in tests
 mod fork;
-mod geometry;
-mod hardening;
-mod heap;
-mod init;
-mod large;
-mod lock;
-mod os;
-mod pool;
-mod print;
-mod purge;
-mod region;
 #[cfg_attr(test, allow(dead_code))] // the exit hook is absent in tests
 mod report;
-mod size_class;
-mod slab;
 mod stats;
 #[cfg_attr(test, allow(dead_code))] // its TLS slot is used only by the exports
 mod thread_cache;
+mod debug_mode;
+
+// The heap: one lock, dispatch by size, the per-class pool lists.
+mod check;
+mod heap;
+
+// What the heap is made of.
+mod purge;
+mod arena_map;
+mod large;
+mod region;
+mod arena;
+mod pool;
+
+// The system below: options, faults, printing, the OS, the lock, sizes.
+mod config;
+mod fault;
+mod print;
+mod lock;
+mod slab;
+mod os;
+mod hardening;
+mod size_class;
+mod geometry;
 
 pub use abi::{
     pymalloc_check_heap, pymalloc_get_stats, pymalloc_print_stats, pymalloc_stats, pymalloc_version,
     pymalloc_write_stats,
 };
-
-#[cfg(test)]
-mod model_tests;
 
 /// No path of the library can panic (tests/exports.rs walks the machine
 /// code to check it), and the crate links no std to provide a handler:

@@ -23,7 +23,6 @@
 use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
-use crate::arena::Arena;
 use crate::geometry::MIN_ALIGN;
 use crate::hardening::Secret;
 use crate::fault::Fault;
@@ -68,7 +67,9 @@ pub struct Pool {
     pub prevpool: *mut Pool,
     /// The pool's first byte (aligned to the pool size).
     pub base: *mut u8,
-    pub arena: *mut Arena,
+    /// log2 of the pool's size (its arena's tier's). A pool does not
+    /// point to its arena: the arena map names it (`Heap::arena_of`).
+    pub shift: u8,
     /// Blocks handed out and not yet freed.
     pub ref_count: Shared,
     /// Offset of the first never-carved block.
@@ -93,13 +94,13 @@ pub struct Pool {
 impl Pool {
     /// Header of a pool being born at `base`; `dirty_end` is how much of
     /// its memory may have been written by an earlier tenant.
-    pub fn unborn(base: *mut u8, arena: *mut Arena, dirty_end: u32) -> Pool {
+    pub fn unborn(base: *mut u8, shift: u32, dirty_end: u32) -> Pool {
         Pool {
             freeblock: ptr::null_mut(),
             nextpool: ptr::null_mut(),
             prevpool: ptr::null_mut(),
             base,
-            arena,
+            shift: shift as u8,
             ref_count: Shared::new(0),
             nextoffset: Shared::new(0),
             maxnextoffset: 0,
@@ -114,10 +115,14 @@ impl Pool {
         }
     }
 
-    /// Prepares an empty pool of `pool_size` bytes to serve `class`. A pool
-    /// that last served the same class keeps its free list (all of its
-    /// blocks are on it), as in pymalloc.
-    pub fn init(&mut self, class: usize, pool_size: usize) {
+    pub fn size(&self) -> usize {
+        1 << self.shift
+    }
+
+    /// Prepares an empty pool to serve `class`. A pool that last served
+    /// the same class keeps its free list (all of its blocks are on it),
+    /// as in pymalloc.
+    pub fn init(&mut self, class: usize) {
         debug_assert_eq!(self.ref_count.get(), 0);
         if self.class as usize == class {
             return;
@@ -129,7 +134,7 @@ impl Pool {
         self.recip = info.recip;
         self.freeblock = ptr::null_mut();
         self.nextoffset.set(0);
-        self.maxnextoffset = pool_size as u32 - size;
+        self.maxnextoffset = self.size() as u32 - size;
     }
 
     /// Forgets the pool's blocks after its memory was decommitted (the
