@@ -10,7 +10,7 @@ use core::ptr;
 
 use crate::config;
 use crate::fault::{self, Fault, fatal};
-use crate::debug_mode;
+use crate::debug_mode::{self, Quarantine};
 use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
 use crate::heap::{Block, HEAP, Heap, HeapGuard, Resize, sized_fits_class, stays_in_place};
 use crate::size_class::{self, class_of};
@@ -31,15 +31,15 @@ fn debug_on() -> bool {
 /// `addr`, under the lock; reports its fault after the lock is released.
 #[cold]
 #[inline(never)]
-fn debugged<T>(function: &str, addr: *mut c_void, f: impl FnOnce(&mut Heap) -> Result<T, Fault>) -> T {
-    let result = f(&mut HEAP.lock());
+fn debugged<T>(function: &str, addr: *mut c_void, f: impl FnOnce(&mut Heap, &mut Quarantine) -> Result<T, Fault>) -> T {
+    let result = debug_mode::locked(f);
     result.unwrap_or_else(|fault| fatal(function, fault, addr.cast()))
 }
 
 /// A debug-mode block of `n` bytes aligned to `align`, or null with ENOMEM.
 #[cold]
 fn debug_alloc(n: usize, align: usize, zero: bool, function: &str) -> *mut c_void {
-    let p = debugged(function, ptr::null_mut(), |heap| debug_mode::alloc(heap, n, align, zero));
+    let p = debugged(function, ptr::null_mut(), |heap, _| debug_mode::alloc(heap, n, align, zero));
     if p.is_null() {
         set_errno(libc::ENOMEM);
     }
@@ -148,7 +148,7 @@ fn release(p: *mut c_void, function: &str) {
         return;
     }
     if debug_on() {
-        return debugged(function, p, |heap| debug_mode::free(heap, p.cast(), None));
+        return debugged(function, p, |heap, q| debug_mode::free(heap, q, p.cast(), None));
     }
     let result = HEAP.lock().free(p.cast());
     if let Err(fault) = result {
@@ -184,7 +184,7 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
         }
     }
     if debug_on() {
-        let q = debugged("realloc", p, |heap| debug_mode::realloc(heap, p.cast(), n));
+        let q = debugged("realloc", p, |heap, q| debug_mode::realloc(heap, q, p.cast(), n));
         if q.is_null() {
             set_errno(libc::ENOMEM);
         }
@@ -271,7 +271,7 @@ fn usable_size(p: *mut c_void) -> usize {
 /// The usable size of `p` (not null); a fault is reported as `function`'s.
 fn usable_size_for(p: *mut c_void, function: &str) -> usize {
     if debug_on() {
-        return debugged(function, p, |heap| debug_mode::usable_size(heap, p.cast()));
+        return debugged(function, p, |heap, _| debug_mode::usable_size(heap, p.cast()));
     }
     let result = HEAP.lock().usable_size(p.cast());
     match result {
@@ -285,7 +285,7 @@ fn posix_memalign_impl(out: *mut *mut c_void, align: usize, n: usize) -> c_int {
         return libc::EINVAL;
     }
     let p = if debug_on() {
-        debugged("posix_memalign", ptr::null_mut(), |heap| debug_mode::alloc(heap, n, align, false))
+        debugged("posix_memalign", ptr::null_mut(), |heap, _| debug_mode::alloc(heap, n, align, false))
     } else {
         let mut heap = HEAP.lock();
         let block = heap.alloc_aligned(align, n);
@@ -361,7 +361,7 @@ pub(crate) fn release_sized(p: *mut c_void, size: usize, align: usize, function:
 #[inline(never)]
 fn release_sized_general(p: *mut c_void, size: usize, align: usize, function: &str) {
     if debug_on() {
-        return debugged(function, p, |heap| debug_mode::free(heap, p.cast(), Some((size, align))));
+        return debugged(function, p, |heap, q| debug_mode::free(heap, q, p.cast(), Some((size, align))));
     }
     let result = HEAP.lock().free_sized(p.cast(), size, align);
     if let Err(fault) = result {
@@ -525,7 +525,7 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
 }
 
 fn snapshot() -> Snapshot {
-    Snapshot::of(&HEAP.lock())
+    debug_mode::locked(|heap, quarantine| Snapshot::of(heap, quarantine))
 }
 
 #[cfg_attr(not(test), unsafe(no_mangle))]

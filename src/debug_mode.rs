@@ -29,13 +29,16 @@
 //!   checked for writes after free. A second free of a quarantined block
 //!   is a double free.
 //!
-//! Everything runs with the heap lock held (`abi` takes it), as the heap
-//! does. The mode is fixed before the first block is served (`config`).
+//! Everything runs with the heap lock held (`locked` takes it), as the
+//! heap does; the quarantine is this layer's own, guarded by the same
+//! lock. The mode is fixed before the first block is served (`config`).
+
+use core::cell::UnsafeCell;
 
 use crate::config;
-use crate::geometry::{ARENA_SIZE, MAX_REQUEST};
 use crate::fault::Fault;
-use crate::heap::Heap;
+use crate::geometry::{ARENA_SIZE, MAX_REQUEST};
+use crate::heap::{HEAP, Heap};
 
 pub const GUARD: u8 = 0xFD;
 pub const FRESH: u8 = 0xCD;
@@ -86,6 +89,25 @@ impl Quarantine {
     }
 }
 
+/// The process's quarantine: not part of the heap, but guarded by its
+/// lock, and reached only through `locked`.
+struct Guarded(UnsafeCell<Quarantine>);
+
+// SAFETY: the quarantine is reached only through `locked`, with the heap
+// lock held.
+unsafe impl Sync for Guarded {}
+
+static QUARANTINE: Guarded = Guarded(UnsafeCell::new(Quarantine::new()));
+
+/// Runs `f` on the heap and the quarantine, under the heap lock.
+pub fn locked<R>(f: impl FnOnce(&mut Heap, &mut Quarantine) -> R) -> R {
+    let mut heap = HEAP.lock();
+    // SAFETY: this is the only place that reaches the quarantine, and the
+    // heap lock is held until `f` returns: no other reference exists.
+    let quarantine = unsafe { &mut *QUARANTINE.0.get() };
+    f(&mut heap, quarantine)
+}
+
 /// A live block of the debug layer.
 struct Live {
     base: *mut u8,
@@ -129,7 +151,7 @@ pub fn alloc(heap: &mut Heap, n: usize, align: usize, zero: bool) -> Result<*mut
 
 /// Frees the debug block `p`; with `sized`, the (size, alignment) that
 /// `free_sized` or `free_aligned_sized` were given.
-pub fn free(heap: &mut Heap, p: *mut u8, sized: Option<(usize, usize)>) -> Result<(), Fault> {
+pub fn free(heap: &mut Heap, quarantine: &mut Quarantine, p: *mut u8, sized: Option<(usize, usize)>) -> Result<(), Fault> {
     let live = locate(heap, p)?;
     if let Some((size, align)) = sized {
         if !align.is_power_of_two() || p as usize % align != 0 {
@@ -148,11 +170,11 @@ pub fn free(heap: &mut Heap, p: *mut u8, sized: Option<(usize, usize)>) -> Resul
     if limit == 0 {
         return heap.free(live.base);
     }
-    heap.quarantine.push(live.base as usize, p as usize, live.usable);
-    while heap.quarantine.bytes > limit || heap.quarantine.len == QUARANTINE_ENTRIES {
-        let Some((base, q)) = heap.quarantine.pop() else { break };
+    quarantine.push(live.base as usize, p as usize, live.usable);
+    while quarantine.bytes > limit || quarantine.len == QUARANTINE_ENTRIES {
+        let Some((base, q)) = quarantine.pop() else { break };
         let usable = heap.usable_size(base as *mut u8)?;
-        heap.quarantine.bytes -= usable;
+        quarantine.bytes -= usable;
         check_poison(q as *mut u8)?;
         heap.free(base as *mut u8)?;
     }
@@ -161,9 +183,9 @@ pub fn free(heap: &mut Heap, p: *mut u8, sized: Option<(usize, usize)>) -> Resul
 
 /// Gives every quarantined block back to the heap (for `malloc_trim`),
 /// checking it for writes after free.
-pub fn flush(heap: &mut Heap) -> Result<(), Fault> {
-    while let Some((base, q)) = heap.quarantine.pop() {
-        heap.quarantine.bytes = heap.quarantine.bytes.saturating_sub(heap.usable_size(base as *mut u8)?);
+pub fn flush(heap: &mut Heap, quarantine: &mut Quarantine) -> Result<(), Fault> {
+    while let Some((base, q)) = quarantine.pop() {
+        quarantine.bytes = quarantine.bytes.saturating_sub(heap.usable_size(base as *mut u8)?);
         check_poison(q as *mut u8)?;
         heap.free(base as *mut u8)?;
     }
@@ -178,7 +200,7 @@ pub fn usable_size(heap: &Heap, p: *mut u8) -> Result<usize, Fault> {
 /// `realloc` of the debug block `p` to `n > 0` bytes: in place while the
 /// heap block has room (new bytes 0xCD, guards moved), else a new block
 /// (null when out of memory, the old one then intact).
-pub fn realloc(heap: &mut Heap, p: *mut u8, n: usize) -> Result<*mut u8, Fault> {
+pub fn realloc(heap: &mut Heap, quarantine: &mut Quarantine, p: *mut u8, n: usize) -> Result<*mut u8, Fault> {
     let old = locate(heap, p)?;
     let front = p as usize - old.base as usize;
     if n <= old.usable - front - TAIL {
@@ -197,7 +219,7 @@ pub fn realloc(heap: &mut Heap, p: *mut u8, n: usize) -> Result<*mut u8, Fault> 
     if !q.is_null() {
         // SAFETY: both blocks are live and distinct; each holds its size.
         unsafe { core::ptr::copy_nonoverlapping(p, q, n.min(old.size)) };
-        free(heap, p, None)?;
+        free(heap, quarantine, p, None)?;
     }
     Ok(q)
 }
@@ -346,8 +368,8 @@ mod tests {
                 // SAFETY: as above.
                 assert!(unsafe { core::slice::from_raw_parts(z, n) }.iter().all(|&b| b == 0));
                 check(&heap).unwrap();
-                free(&mut heap, p, Some((n, align))).unwrap();
-                free(&mut heap, z, None).unwrap();
+                free(&mut heap, &mut Quarantine::new(), p, Some((n, align))).unwrap();
+                free(&mut heap, &mut Quarantine::new(), z, None).unwrap();
             }
         }
         heap.check().unwrap();
@@ -361,20 +383,20 @@ mod tests {
         unsafe { p.add(40).write(0x41) };
         let overflow = Fault::Overflow { size: 40, offset: 40, found: [0x41, GUARD, GUARD, GUARD, GUARD, GUARD, GUARD, GUARD] };
         assert_eq!(check(&heap), Err((overflow, p)));
-        assert_eq!(free(&mut heap, p, None), Err(overflow));
+        assert_eq!(free(&mut heap, &mut Quarantine::new(), p, None), Err(overflow));
         // SAFETY: as above.
         unsafe { p.add(40).write(GUARD) };
         // SAFETY: the byte before the block.
         unsafe { p.sub(1).write(0x42) };
         let underflow = Fault::Underflow { size: 40, found: [GUARD, GUARD, GUARD, GUARD, GUARD, GUARD, GUARD, 0x42] };
-        assert_eq!(realloc(&mut heap, p, 100), Err(underflow));
+        assert_eq!(realloc(&mut heap, &mut Quarantine::new(), p, 100), Err(underflow));
         // SAFETY: as above.
         unsafe { p.sub(1).write(GUARD) };
-        let q = realloc(&mut heap, p, 30).unwrap();
+        let q = realloc(&mut heap, &mut Quarantine::new(), p, 30).unwrap();
         assert_eq!(q, p, "shrinking stays in place");
-        free(&mut heap, q, None).unwrap();
-        assert!(matches!(free(&mut heap, q, None), Err(Fault::Freed { .. })));
-        assert_eq!(free(&mut heap, q.wrapping_add(16), None), Err(Fault::InvalidPointer));
+        free(&mut heap, &mut Quarantine::new(), q, None).unwrap();
+        assert!(matches!(free(&mut heap, &mut Quarantine::new(), q, None), Err(Fault::Freed { .. })));
+        assert_eq!(free(&mut heap, &mut Quarantine::new(), q.wrapping_add(16), None), Err(Fault::InvalidPointer));
         heap.check().unwrap();
     }
 }

@@ -12,7 +12,6 @@ use lock_api::{Mutex, MutexGuard, RawMutex};
 
 use crate::arena::{Arena, Tier};
 use crate::arena_map::{ArenaMap, Owner};
-use crate::debug_mode::Quarantine;
 use crate::fault::Fault;
 use crate::hardening::Secret;
 use crate::geometry::{
@@ -143,8 +142,6 @@ pub struct Heap {
     regions: Regions,
     /// Large blocks freed lately, to tell a double free from a wild pointer.
     recently_freed: RecentlyFreed,
-    /// The debug mode's freed blocks waiting before reuse (`debug_mode`).
-    pub quarantine: Quarantine,
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
     clock: u64,
@@ -171,7 +168,6 @@ impl Heap {
             large_cache: LargeCache::new(),
             regions: Regions::new(),
             recently_freed: RecentlyFreed::new(),
-            quarantine: Quarantine::new(),
             secret: Secret::UNSET,
             has_fault: false,
             fault: Fault::InvalidPointer,

@@ -12,6 +12,7 @@ use core::fmt::{self, Write};
 
 use crate::config::{self, ShowStats};
 use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, PAGE_SIZE, SMALL_MAX};
+use crate::debug_mode;
 use crate::heap::HEAP;
 use crate::os;
 use crate::size_class::{MEDIUM_CLASSES, NUM_CLASSES, SMALL_CLASSES, class_info, size_of};
@@ -140,7 +141,7 @@ fn process_id() -> i32 {
 
 /// Writes the text report to `fd`.
 pub fn print_text(fd: i32) {
-    let snapshot = Snapshot::of(&HEAP.lock());
+    let snapshot = debug_mode::locked(|heap, quarantine| Snapshot::of(heap, quarantine));
     let mut out = ChunkWriter::new(|bytes| write_fd(fd, bytes));
     let _ = write_text(&snapshot, &mut out);
 }
@@ -158,11 +159,10 @@ pub fn print_json(fd: i32) {
         // when all-zero (see `ArenaDetail`), owned here until unmapped.
         unsafe { core::slice::from_raw_parts_mut(buf, room) }
     };
-    let (snapshot, n, truncated) = {
-        let heap = HEAP.lock();
-        let (n, truncated) = collect_detail(&heap, details);
-        (Snapshot::of(&heap), n, truncated)
-    };
+    let (snapshot, n, truncated) = debug_mode::locked(|heap, quarantine| {
+        let (n, truncated) = collect_detail(heap, details);
+        (Snapshot::of(heap, quarantine), n, truncated)
+    });
     {
         let mut out = ChunkWriter::new(|bytes| write_fd(fd, bytes));
         let _ = write_json(&snapshot, details.get(..n).unwrap_or_default(), truncated, &mut out);
@@ -245,6 +245,7 @@ fn open_stats_file(path: &config::Path) -> i32 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::debug_mode::Quarantine;
     use crate::heap::Heap;
 
     #[test]
@@ -265,7 +266,7 @@ mod tests {
         let mut heap = Heap::new();
         let blocks: Vec<_> = [16, 16, 500, 1000, 200_000].iter().map(|&n| heap.alloc(n).ptr).collect();
         let mut text = String::new();
-        write_text(&Snapshot::of(&heap), &mut text).unwrap();
+        write_text(&Snapshot::of(&heap, &Quarantine::new()), &mut text).unwrap();
         assert!(text.contains("\n    0     16           1               2 "), "{text}");
         assert!(text.contains("\n   31    512           1               1 "), "{text}");
         assert!(text.contains("\nlarge   mmap           -               1 "), "{text}");

@@ -8,6 +8,7 @@
 use core::fmt::{self, Write};
 
 use crate::config;
+use crate::debug_mode::Quarantine;
 use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA};
 use crate::heap::Heap;
 use crate::os::OS_TOTALS;
@@ -53,7 +54,7 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn of(heap: &Heap) -> Snapshot {
+    pub fn of(heap: &Heap, quarantine: &Quarantine) -> Snapshot {
         let c = &heap.counters;
         let (cache, regions) = (heap.large_cache(), heap.regions());
         let mut t = Totals {
@@ -120,7 +121,7 @@ impl Snapshot {
         t.thread_caches = cached.threads;
         // Quarantined blocks (the debug mode) are freed: not in use, but
         // not free for reuse either, a row of their own.
-        heap.quarantine.for_each(|base| {
+        quarantine.for_each(|base| {
             let Ok((usable, class_size)) = heap.block_info(base) else { return };
             t.quarantined_blocks += 1;
             if class_size == 0 {
@@ -335,7 +336,7 @@ mod tests {
             live.push(heap.alloc(1 + (i * 7919) % 20000).ptr);
         }
         live.push(heap.alloc(300_000).ptr);
-        let s = Snapshot::of(&heap);
+        let s = Snapshot::of(&heap, &Quarantine::new());
         adds_up(&s.totals);
         assert_eq!(s.totals.large_blocks, 1);
         assert_eq!(s.totals.blocks_in_use, live.len());
@@ -352,11 +353,11 @@ mod tests {
         for p in live.iter().step_by(2) {
             heap.free(*p).unwrap();
         }
-        adds_up(&Snapshot::of(&heap).totals);
+        adds_up(&Snapshot::of(&heap, &Quarantine::new()).totals);
         for p in live.iter().skip(1).step_by(2) {
             heap.free(*p).unwrap();
         }
-        let t = Snapshot::of(&heap).totals;
+        let t = Snapshot::of(&heap, &Quarantine::new()).totals;
         adds_up(&t);
         assert_eq!((t.blocks_in_use, t.bytes_in_use), (0, 0));
         assert!(t.arenas_allocated >= t.arenas_highwater && t.arenas_highwater >= 2);
