@@ -75,8 +75,8 @@ fn run_misuse(case: &str, config: Config, env: &[(&str, &str)]) {
     check_abort(cmd, &format!("delete_misuse {case} ({config:?}, {env:?})"));
 }
 
-tests_in_four_configs! {
-    run_misuse, DEBUG;
+tests_in_configs! {
+    run_misuse, four(DEBUG);
     base_pointer => "base-pointer";
     base_pointer_in_thread => "base-pointer-in-thread";
     aligned_base_pointer_in_thread => "aligned-base-pointer-in-thread";

@@ -34,58 +34,31 @@ fn run_case(case: &str, config: Config, env: &[(&str, &str)]) {
 
 const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "1M")];
 
-/// Misuse only the debug mode sees.
-macro_rules! debug_misuse_tests {
-    ($($name:ident => $case:literal;)*) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn debug_preload() {
-                run_case($case, Config::Preload, DEBUG);
-            }
-            #[test]
-            fn debug_linked() {
-                run_case($case, Config::Linked, DEBUG);
-            }
-            #[test]
-            fn debug_without_quarantine() {
-                run_case($case, Config::Preload, &[("PYMALLOC_DEBUG", "1")]);
-            }
-        }
-    )*};
-}
-
-debug_misuse_tests! {
+// Misuse only the debug mode sees.
+tests_in_configs! {
+    run_case, {
+        debug_preload: Config::Preload, DEBUG;
+        debug_linked: Config::Linked, DEBUG;
+        debug_without_quarantine: Config::Preload, &[("PYMALLOC_DEBUG", "1")];
+    };
     overflow => "overflow";
     overflow_far => "overflow-far";
     underflow => "underflow";
     check_heap_overflow => "check-heap-overflow";
 }
 
-/// Writes after free: seen when the quarantine lets the block go.
-macro_rules! quarantine_tests {
-    ($($name:ident => $case:literal;)*) => {$(
-        mod $name {
-            use super::*;
-            #[test]
-            fn debug_preload() {
-                run_case($case, Config::Preload, DEBUG);
-            }
-            #[test]
-            fn debug_linked() {
-                run_case($case, Config::Linked, DEBUG);
-            }
-        }
-    )*};
-}
-
-quarantine_tests! {
+// Writes after free: seen when the quarantine lets the block go.
+tests_in_configs! {
+    run_case, {
+        debug_preload: Config::Preload, DEBUG;
+        debug_linked: Config::Linked, DEBUG;
+    };
     write_after_free => "write-after-free";
     check_heap_write_after_free => "check-heap-write-after-free";
 }
 
-tests_in_four_configs! {
-    run_case, DEBUG;
+tests_in_configs! {
+    run_case, four(DEBUG);
     double_free_small => "double-free-small";
     double_free_medium => "double-free-medium";
     double_free_other_thread_small => "double-free-other-thread-small";

@@ -9,13 +9,11 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng = 88172645463325252ull;
-static inline uint64_t next(void) {
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return rng;
-}
+#include "random_window.h"
 
-static size_t pick(const char *mode) {
+static const char *mode;
+
+static size_t pick(void) {
     uint64_t r = next();
     if (mode[0] == 's') return 16 + r % 497;
     if (mode[0] == 'm' && mode[1] == 'e') return 513 + r % (128 * 1024 - 512);
@@ -23,25 +21,11 @@ static size_t pick(const char *mode) {
 }
 
 int main(int argc, char **argv) {
-    const char *mode = argc > 1 ? argv[1] : "small";
+    mode = argc > 1 ? argv[1] : "small";
     long ops = argc > 2 ? atol(argv[2]) : 20000000;
     enum { SLOTS = 1 << 16 };
     static char *slot[SLOTS];
-    uint64_t sum = 0;
-    for (long i = 0; i < ops; i++) {
-        size_t k = next() % SLOTS;
-        if (slot[k]) {
-            sum += (unsigned char)slot[k][0];
-            free(slot[k]);
-            slot[k] = NULL;
-        } else {
-            size_t n = pick(mode);
-            slot[k] = malloc(n);
-            slot[k][0] = (char)n;
-            slot[k][n - 1] = 1;
-        }
-    }
-    for (size_t k = 0; k < SLOTS; k++) free(slot[k]);
+    uint64_t sum = random_window(slot, SLOTS, ops, pick);
     printf("%llu\n", (unsigned long long)sum);
     return 0;
 }

@@ -13,11 +13,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-static uint64_t rng = 88172645463325252ull;
-static inline uint64_t next(void) {
-    rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
-    return rng;
-}
+#include "random_window.h"
 
 /* Log-uniform size in [lo, hi]: many small, few big, as real programs. */
 static size_t log_size(size_t lo, size_t hi) {
@@ -34,23 +30,14 @@ static void touch(char *p, size_t n) {
     p[n - 1] = 1;
 }
 
+static size_t small_size(void) {
+    return 16 + next() % 497;
+}
+
 static void random_lifetimes(double scale) {
     enum { SLOTS = 1 << 15 };
     static char *slot[SLOTS];
-    long ops = (long)(30e6 * scale);
-    for (long i = 0; i < ops; i++) {
-        size_t k = next() % SLOTS;
-        if (slot[k]) {
-            sum += (unsigned char)slot[k][0];
-            free(slot[k]);
-            slot[k] = NULL;
-        } else {
-            size_t n = 16 + next() % 497;
-            slot[k] = malloc(n);
-            touch(slot[k], n);
-        }
-    }
-    for (size_t k = 0; k < SLOTS; k++) free(slot[k]);
+    sum += random_window(slot, SLOTS, (long)(30e6 * scale), small_size);
 }
 
 static void lifo_bursts(double scale) {

@@ -3,12 +3,11 @@
    4 MiB, checking every block's contents, and hands blocks to other threads
    through a shared queue; whoever pops a block checks and frees it. */
 #include "stress.h"
+#define QUEUE_CAP 1024
+#include "queue.h"
 
-enum { SLOTS = 1024, QCAP = 1024 };
+enum { SLOTS = 1024 };
 
-static pthread_mutex_t qlock = PTHREAD_MUTEX_INITIALIZER;
-static unsigned char *queue[QCAP];
-static size_t qhead, qlen;
 static atomic_ulong handed, received;
 static long ops_per_thread;
 
@@ -81,22 +80,12 @@ static void *worker(void *arg) {
             memcpy(q, &h, sizeof h);
             slot[i] = q;
         } else if (op < 85) { /* hand over */
-            pthread_mutex_lock(&qlock);
-            if (qlen < QCAP) {
-                queue[(qhead + qlen++) % QCAP] = slot[i];
+            if (queue_push(slot[i])) {
                 slot[i] = NULL;
                 atomic_fetch_add(&handed, 1);
             }
-            pthread_mutex_unlock(&qlock);
         } else { /* free someone's handed block */
-            unsigned char *p = NULL;
-            pthread_mutex_lock(&qlock);
-            if (qlen) {
-                p = queue[qhead];
-                qhead = (qhead + 1) % QCAP;
-                qlen--;
-            }
-            pthread_mutex_unlock(&qlock);
+            unsigned char *p = queue_pop();
             if (p) {
                 blk_free(p, "consumer free");
                 atomic_fetch_add(&received, 1);
@@ -117,10 +106,8 @@ int main(int argc, char **argv) {
     for (int t = 0; t < n; t++)
         CHECK(pthread_create(&th[t], NULL, worker, (void *)(intptr_t)t) == 0, "pthread_create failed");
     for (int t = 0; t < n; t++) CHECK(pthread_join(th[t], NULL) == 0, "pthread_join failed");
-    while (qlen) {
-        blk_free(queue[qhead], "drain");
-        qhead = (qhead + 1) % QCAP;
-        qlen--;
+    for (unsigned char *p; (p = queue_pop());) {
+        blk_free(p, "drain");
         atomic_fetch_add(&received, 1);
     }
     CHECK(handed == received, "handed %lu blocks, freed %lu", (unsigned long)handed, (unsigned long)received);

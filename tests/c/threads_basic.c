@@ -5,8 +5,10 @@
 
 #include <pthread.h>
 #include <time.h>
+#define QUEUE_CAP 4096
+#include "queue.h"
 
-enum { NTHREADS = 4, SLOTS = 2000, QCAP = 4096 };
+enum { NTHREADS = 4, SLOTS = 2000 };
 #define RUN_SECONDS 1.5
 
 struct hdr { /* at the start of every block of >= 16 bytes */
@@ -14,9 +16,6 @@ struct hdr { /* at the start of every block of >= 16 bytes */
     uint64_t tag;
 };
 
-static pthread_mutex_t qlock = PTHREAD_MUTEX_INITIALIZER;
-static void *queue[QCAP];
-static size_t qhead, qlen;
 static double deadline;
 static unsigned long handed[NTHREADS], received[NTHREADS], foreign[NTHREADS];
 
@@ -92,22 +91,12 @@ static void *worker(void *arg) {
             memcpy(q, &h, sizeof h);
             slot[i] = q;
         } else if (op < 90) { /* hand the block to whichever thread pops it */
-            pthread_mutex_lock(&qlock);
-            if (qlen < QCAP) {
-                queue[(qhead + qlen++) % QCAP] = slot[i];
+            if (queue_push(slot[i])) {
                 slot[i] = NULL;
                 handed[t]++;
             }
-            pthread_mutex_unlock(&qlock);
         } else { /* take a block from the queue (usually another thread's) and free it */
-            unsigned char *p = NULL;
-            pthread_mutex_lock(&qlock);
-            if (qlen) {
-                p = queue[qhead];
-                qhead = (qhead + 1) % QCAP;
-                qlen--;
-            }
-            pthread_mutex_unlock(&qlock);
+            unsigned char *p = queue_pop();
             if (p) {
                 struct hdr h;
                 memcpy(&h, p, sizeof h);
@@ -130,11 +119,8 @@ int main(void) {
     for (int t = 0; t < NTHREADS; t++) CHECK(pthread_join(th[t], NULL) == 0, "pthread_join failed");
     unsigned long h = 0, r = 0, f = 0;
     for (int t = 0; t < NTHREADS; t++) h += handed[t], r += received[t], f += foreign[t];
-    while (qlen) { /* the main thread frees what is left */
-        check_and_free(queue[qhead], -1, "drain");
-        qhead = (qhead + 1) % QCAP;
-        qlen--, r++;
-    }
+    for (unsigned char *p; (p = queue_pop()); r++) /* the main thread frees what is left */
+        check_and_free(p, -1, "drain");
     CHECK(h == r, "handed %lu blocks but received %lu", h, r);
     CHECK(h > 100, "only %lu blocks were handed between threads", h);
     CHECK(f > 50, "only %lu blocks were freed by a thread other than their allocator", f);

@@ -145,31 +145,38 @@ fn compile(compiler: &str, src: &Path, flags: &[&str], out: PathBuf, config: Con
     out
 }
 
-/// For each `name => case`, a module of four tests that call
-/// `run(case, config, env)`: preloaded and linked, each in the default
-/// mode (no extra environment) and with `debug` (the debug mode's).
+/// For each `name => case`, a module `name` of tests, one per
+/// configuration `test: config, env;`, each calling `run(case, config, env)`.
+/// `four(debug)` stands for the usual configurations: preloaded and linked,
+/// each in the default mode (no extra environment) and with `debug`.
 #[allow(unused_macros)]
-macro_rules! tests_in_four_configs {
-    ($run:ident, $debug:expr; $($name:ident => $case:literal;)*) => {$(
+macro_rules! tests_in_configs {
+    (@module $run:ident, $name:ident, $case:literal, { $($test:ident: $config:expr, $env:expr;)* }) => {
         mod $name {
             use super::*;
-            #[test]
-            fn preload() {
-                $run($case, Config::Preload, &[]);
-            }
-            #[test]
-            fn linked() {
-                $run($case, Config::Linked, &[]);
-            }
-            #[test]
-            fn debug_preload() {
-                $run($case, Config::Preload, $debug);
-            }
-            #[test]
-            fn debug_linked() {
-                $run($case, Config::Linked, $debug);
-            }
+            $(
+                #[test]
+                fn $test() {
+                    $run($case, $config, $env);
+                }
+            )*
         }
+    };
+    ($run:ident, four($debug:expr); $($cases:tt)*) => {
+        tests_in_configs! {
+            $run, {
+                preload: Config::Preload, &[];
+                linked: Config::Linked, &[];
+                debug_preload: Config::Preload, $debug;
+                debug_linked: Config::Linked, $debug;
+            };
+            $($cases)*
+        }
+    };
+    // The configurations go to the helper arm as one token tree: macro_rules
+    // cannot nest their repetition in the cases' (it would pair them up).
+    ($run:ident, $configs:tt; $($name:ident => $case:literal;)*) => {$(
+        tests_in_configs!(@module $run, $name, $case, $configs);
     )*};
 }
 
