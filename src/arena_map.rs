@@ -19,7 +19,7 @@ use core::ptr;
 
 use crate::arena::Arena;
 use crate::geometry::GRANULE_SHIFT;
-use crate::large::LargeBlock;
+use crate::large_block::LargeBlock;
 use crate::os;
 
 const ADDRESS_BITS: u32 = 48;

@@ -27,7 +27,7 @@ impl Heap {
         for tier in 0..TIER_COUNT {
             self.check_tier(tier)?;
         }
-        self.regions().check()?;
+        self.large().regions().check()?;
         let mut result = Ok(());
         self.map().for_each_large(|block| {
             // SAFETY: the map only names live large descriptors, and a

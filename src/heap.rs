@@ -15,10 +15,11 @@ use crate::arena_map::{ArenaMap, Owner};
 use crate::fault::Fault;
 use crate::hardening::Secret;
 use crate::geometry::{
-    ARENA_SIZE, GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT,
+    ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT,
 };
-use crate::large::{LargeBlock, LargeCache, RecentlyFreed};
-use crate::region::{self, Regions};
+use crate::large::{Large, NoSpace};
+pub use crate::large::Resize;
+use crate::large_block::LargeBlock;
 use crate::lock::FutexMutex;
 use crate::os;
 use crate::pool::Pool;
@@ -26,11 +27,6 @@ use crate::config;
 use crate::purge::{self, DirtyPools, FreeArenas, TICK_FREES};
 use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_of};
 use crate::slab::Slab;
-
-/// The alignment of mappings of their own, and of the address space a
-/// freed one moves to: a page table's reach on x86-64 and aarch64 (4 KiB
-/// pages), so that `mremap` moves page tables, not each page's entry.
-const MOVE_ALIGN: usize = 2 << 20;
 
 /// The one heap of the process and its lock.
 pub static HEAP: Mutex<FutexMutex, Heap> = Mutex::from_raw(FutexMutex::INIT, Heap::new());
@@ -58,8 +54,6 @@ pub struct Counters {
     pub arenas_allocated: usize,
     pub arenas_reclaimed: usize,
     pub arenas_highwater: usize,
-    pub large_blocks: usize,
-    pub large_bytes: usize,
 }
 
 impl Counters {
@@ -68,8 +62,6 @@ impl Counters {
         arenas_allocated: 0,
         arenas_reclaimed: 0,
         arenas_highwater: 0,
-        large_blocks: 0,
-        large_bytes: 0,
     };
 
     pub fn arena_mapped(&mut self) {
@@ -96,18 +88,6 @@ enum Found {
 #[inline(always)]
 pub fn stays_in_place(n: usize, usable: usize, class: usize) -> bool {
     n <= usable && (4 * n > 3 * usable || (n <= MEDIUM_MAX && class_of(n) == class))
-}
-
-/// What `realloc` must do next.
-#[derive(Debug, PartialEq, Eq)]
-pub enum Resize {
-    /// Done: the (possibly remapped) block now holds the new size.
-    Done(*mut u8),
-    /// The caller allocates anew, copies `min(usable, new size)` bytes
-    /// and frees the old block.
-    Move { usable: usize },
-    /// Out of memory; the old block is untouched.
-    Failed,
 }
 
 #[repr(C)] // hot fields first, together; the 256 KiB arena map last
@@ -137,11 +117,7 @@ pub struct Heap {
     fault: Fault,
     pub counters: Counters,
     arena_records: Slab<Arena>,
-    large_records: Slab<LargeBlock>,
-    large_cache: LargeCache,
-    regions: Regions,
-    /// Large blocks freed lately, to tell a double free from a wild pointer.
-    recently_freed: RecentlyFreed,
+    large: Large,
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
     clock: u64,
@@ -164,10 +140,7 @@ impl Heap {
             all_arenas: ptr::null_mut(),
             map: ArenaMap::new(),
             arena_records: Slab::new(),
-            large_records: Slab::new(),
-            large_cache: LargeCache::new(),
-            regions: Regions::new(),
-            recently_freed: RecentlyFreed::new(),
+            large: Large::new(),
             secret: Secret::UNSET,
             has_fault: false,
             fault: Fault::InvalidPointer,
@@ -418,7 +391,7 @@ impl Heap {
                 Ok(Found::Pool(pool))
             }
             // A large block freed lately (or still cached), or a wild pointer.
-            _ if self.recently_freed.contains(p) || self.large_cache.holds_base(p) => {
+            _ if self.large.was_freed(p) => {
                 Err(Fault::Freed { class_size: 0 })
             }
             _ => Err(Fault::InvalidPointer),
@@ -464,12 +437,7 @@ impl Heap {
                     let class = (*pool).class as usize;
                     (sized_fits_class(size, align, class), (*pool).block_size as usize)
                 }
-                Found::Large(block) => {
-                    // A mapping from the cache, or one a realloc kept,
-                    // may be up to twice as big as asked.
-                    let usable = (*block).len;
-                    (size <= usable && 2 * os::page_round_up(size.max(GRANULE_SIZE)) >= usable, 0)
-                }
+                Found::Large(block) => ((*block).fits_size(size), 0),
             }
         };
         if !fits {
@@ -525,10 +493,7 @@ impl Heap {
             self.unmap_arena(arena);
             released = true;
         }
-        let evicted = self.large_cache.evict_older(cutoff);
-        released |= !evicted.is_null();
-        self.unmap_large_list(evicted);
-        released | self.decay_spans(cutoff)
+        released | self.large.release(cutoff)
     }
 
     /// Bytes usable at `p` (not null).
@@ -600,7 +565,7 @@ impl Heap {
                 if stays_in_place(n, usable, pool.class as usize) { Resize::Done(p) } else { Resize::Move { usable } }
             }
             // SAFETY: as above.
-            Found::Large(block) => self.resize_large(unsafe { &mut *block }, n),
+            Found::Large(block) => self.resize_large(block, n),
         })
     }
 
@@ -841,7 +806,7 @@ impl Heap {
     /// Whether releasing the reserves frees the address space that a
     /// mapping of `len` bytes aligned to `align` needs.
     fn could_make_room(&self, len: usize, align: usize) -> bool {
-        let reserves = self.free_arenas.count * ARENA_SIZE + self.large_cache.bytes + self.regions.idle_bytes;
+        let reserves = self.free_arenas.count * ARENA_SIZE + self.large.reserve_bytes();
         os::span_needed(len, align).is_some_and(|span| span <= reserves)
     }
 
@@ -915,318 +880,38 @@ impl Heap {
         }
     }
 
-    /// A large block of at least `n` bytes (and one granule) whose address
-    /// is a multiple of `align` (a power of two, at least a page): a span
-    /// of a region when it is small enough, else a mapping of its own.
+    /// A large block (`Large::alloc`), or a null block.
     fn alloc_large(&mut self, n: usize, align: usize) -> Block {
-        if n > MAX_REQUEST {
-            return Block::NONE;
-        }
-        let len = os::page_round_up(n.max(GRANULE_SIZE));
-        let found = if align <= PAGE_SIZE && len <= region::SPAN_MAX {
-            self.take_span(len)
-        } else {
-            self.take_mapping(len, align)
-        };
-        let Some((block, zeroed)) = found else {
-            return Block::NONE;
-        };
-        // SAFETY: `block` is a live descriptor owned by nobody else.
-        let b = unsafe { &mut *block };
-        if !self.map.insert(b.base as usize, GRANULE_SIZE, Owner::Large(block)) {
-            self.unallocate_large(b);
-            return Block::NONE;
-        }
-        self.counters.large_blocks += 1;
-        self.counters.large_bytes += b.len;
-        Block { ptr: b.base, zeroed }
-    }
-
-    /// A mapping of its own for a block of `len` bytes aligned to `align`:
-    /// a cached one if any serves, else a new one. Also whether it reads
-    /// as zero.
-    fn take_mapping(&mut self, len: usize, align: usize) -> Option<(*mut LargeBlock, bool)> {
-        if let Some(block) = self.reuse_cached(len, align).ok()? {
-            return Some((block, false));
-        }
-        // Aligned as `move_away` will move it when it is freed.
-        let base = self.map_memory(len, align.max(MOVE_ALIGN));
-        if base.is_null() {
-            return None;
-        }
-        let block = self.large_records.alloc();
-        if block.is_null() {
-            // SAFETY: mapped just above, unused.
-            unsafe { os::unmap(base, len) };
-            return None;
-        }
-        // SAFETY: the slot is ours.
-        unsafe { block.write(LargeBlock::new(base, len)) };
-        Some((block, true))
-    }
-
-    /// A cached mapping made `len` bytes long: one much longer is split
-    /// and its tail cached again, one too short is grown with `mremap`
-    /// (which keeps its pages). None if none serves; Err if growing one
-    /// failed and releasing the reserves cannot make room for `len` bytes
-    /// either: then no mapping can serve the request now.
-    fn reuse_cached(&mut self, len: usize, align: usize) -> Result<Option<*mut LargeBlock>, ()> {
-        // SAFETY: the cache hands out live descriptors it let go of.
-        let Some(b) = self.large_cache.take(len, align).map(|b| unsafe { &mut *b }) else {
-            return Ok(None);
-        };
-        if b.len >= len {
-            let tail = b.len - len;
-            if tail > b.len / 4 && tail >= GRANULE_SIZE {
-                self.cache_tail(b, len);
-            }
-        } else {
-            // SAFETY: the mapping is ours and unused; a moved one is not
-            // in the arena map yet.
-            let moved = unsafe { os::remap(b.base, b.len, len) };
-            if moved.is_null() {
-                // Still cached: a request that fails leaves the heap as it was.
-                let evicted = self.large_cache.insert(b, self.clock);
-                self.unmap_large_list(evicted);
-                return if self.could_make_room(len, align) { Ok(None) } else { Err(()) };
-            }
-            b.base = moved;
-            b.len = len;
-        }
-        Ok(Some(b))
-    }
-
-    /// Cuts cached mapping `b` to `len` bytes; the rest becomes a cached
-    /// mapping of its own, or is unmapped when the cache cannot take it.
-    fn cache_tail(&mut self, b: &mut LargeBlock, len: usize) {
-        // SAFETY: `len` is inside the mapping.
-        let tail_base = unsafe { b.base.add(len) };
-        let tail_len = b.len - len;
-        b.len = len;
-        let record = if self.large_cache.accepts(tail_len) { self.large_records.alloc() } else { ptr::null_mut() };
-        if record.is_null() {
-            // SAFETY: the tail is ours and unused.
-            unsafe { os::unmap(tail_base, tail_len) };
-            return;
-        }
-        // SAFETY: the slot is ours; the tail is a whole range of pages.
-        let tail = unsafe {
-            record.write(LargeBlock::new(tail_base, tail_len));
-            &mut *record
-        };
-        let evicted = self.large_cache.insert(tail, self.clock);
-        self.unmap_large_list(evicted);
-    }
-
-    /// A span of `len` bytes (a multiple of the page size) from the
-    /// regions, mapping a new region if no free span is big enough; also
-    /// whether it reads as zero.
-    fn take_span(&mut self, len: usize) -> Option<(*mut LargeBlock, bool)> {
-        let span = match self.regions.take(len) {
-            Some(span) => span,
-            None => self.map_region(len)?,
-        };
-        // SAFETY: a free span just taken out of its bin: ours alone.
-        let s = unsafe { &mut *span };
-        if s.len > len {
-            let rest = self.large_records.alloc();
-            if !rest.is_null() {
-                // SAFETY: the slot is ours; `len` is inside the span, and
-                // the rest joins the span's place in the region's tiling.
-                unsafe {
-                    rest.write(LargeBlock::span(s.base.add(len), s.len - len, s.dirty_len.saturating_sub(len), s.freed_at));
-                    self.split_off(s, &mut *rest);
-                    self.regions.bin(&mut *rest);
-                }
-            }
-        }
-        // SAFETY: the span's pages are ours, and now the caller's.
-        if !unsafe { guard_span(s.base, s.len, true) } {
-            self.release_span(s);
-            return None;
-        }
-        s.free = false;
-        Some((span, s.dirty_len == 0))
-    }
-
-    /// A new region for a span of at least `len` bytes, as one free span.
-    fn map_region(&mut self, len: usize) -> Option<*mut LargeBlock> {
         self.start_clock();
-        let guarded = config::get().debug;
-        let reserved = if guarded { os::reserve(region::REGION_SIZE) } else { os::map(region::REGION_SIZE) };
-        let (mut base, mut size) = (reserved, region::REGION_SIZE);
-        if base.is_null() {
-            (base, size) = (self.map_memory(len, PAGE_SIZE), len);
-            if base.is_null() {
-                return None;
-            }
-            // SAFETY: mapped just above, unused. Best effort: free pages
-            // left accessible are only less guarded.
-            unsafe { guard_span(base, size, false) };
-        }
-        let span = self.large_records.alloc();
-        if span.is_null() {
-            // SAFETY: mapped just above, unused.
-            unsafe { os::unmap(base, size) };
-            return None;
-        }
-        // SAFETY: the slot is ours.
-        unsafe { span.write(LargeBlock::span(base, size, 0, 0)) };
-        self.regions.regions += 1;
-        self.regions.region_bytes += size;
-        Some(span)
-    }
-
-    /// Makes `rest` (the pages right after `s.len`, up to the old end of
-    /// `s`) `s`'s right neighbour.
-    fn split_off(&mut self, s: &mut LargeBlock, rest: &mut LargeBlock) {
-        rest.left = s;
-        rest.right = s.right;
-        // SAFETY: a span's neighbours are live descriptors of its region.
-        if let Some(right) = unsafe { s.right.as_mut() } {
-            right.left = rest;
-        }
-        s.right = rest;
-        s.len -= rest.len;
-    }
-
-    /// Bins free span `s` (out of any bin), merged with its free
-    /// neighbours. Returns the merged span.
-    fn release_span<'a>(&mut self, mut s: &'a mut LargeBlock) -> &'a mut LargeBlock {
-        // SAFETY: a span's neighbours are live descriptors of its region,
-        // binned when free; a merged-away descriptor is referred to by
-        // nothing once its neighbours are relinked.
-        unsafe {
-            if let Some(left) = s.left.as_mut().filter(|l| l.free) {
-                self.regions.unbin(left);
-                self.absorb(left, s);
-                s = left;
-            }
-            if let Some(right) = s.right.as_mut().filter(|r| r.free) {
-                self.regions.unbin(right);
-                self.absorb(s, right);
-            }
-        }
-        self.regions.bin(s);
-        s
-    }
-
-    /// Merges free span `right` (out of its bin) into its left neighbour
-    /// `s` and frees its descriptor.
-    fn absorb(&mut self, s: &mut LargeBlock, right: &mut LargeBlock) {
-        if right.dirty_len > 0 {
-            s.dirty_len = s.len + right.dirty_len;
-        }
-        s.len += right.len;
-        s.freed_at = s.freed_at.max(right.freed_at);
-        s.right = right.right;
-        // SAFETY: as in `split_off`; nothing refers to `right` any more.
-        unsafe {
-            if let Some(next) = right.right.as_mut() {
-                next.left = s;
-            }
-            self.large_records.free(right);
-        }
-    }
-
-    /// Gives back the pages of free spans unused since `cutoff` (ms), and
-    /// unmaps regions that are one such span; true if there were any.
-    fn decay_spans(&mut self, cutoff: u64) -> bool {
-        // Take them out of their bins first, marked not free, so that
-        // merging one cannot reach another before its turn.
-        let mut unused: *mut LargeBlock = ptr::null_mut();
-        self.regions.for_each_free(|regions, span| {
-            // SAFETY: binned spans are live descriptors of free pages.
-            let s = unsafe { &mut *span };
-            if s.freed_at <= cutoff {
-                regions.unbin(s);
-                s.free = false;
-                s.next = unused;
-                unused = s;
-            }
+        let found = self.with_room(|heap| {
+            let other_reserves = heap.free_arenas.count * ARENA_SIZE;
+            heap.large.alloc(n, align, &mut heap.map, heap.clock, other_reserves)
         });
-        let mut released = false;
-        // SAFETY: spans unbinned above: free pages nobody else refers to.
-        while let Some(s) = unsafe { unused.as_mut() } {
-            unused = s.next;
-            if s.dirty_len > 0 {
-                // SAFETY: the span's pages hold no live block.
-                unsafe { os::decommit(s.base, s.dirty_len) };
-                s.dirty_len = 0;
-                released = true;
-            }
-            s.free = true;
-            let merged = self.release_span(s);
-            if merged.is_whole_region() && merged.freed_at <= cutoff {
-                self.regions.unbin(merged);
-                self.regions.regions -= 1;
-                self.regions.region_bytes -= merged.len;
-                self.unmap_large(merged);
-                released = true;
-            }
-        }
-        released
-    }
-
-    /// Returns a large block that never reached its owner.
-    fn unallocate_large(&mut self, b: &mut LargeBlock) {
-        if b.in_region {
-            // SAFETY: the span was never handed out. Best effort.
-            unsafe { guard_span(b.base, b.len, false) };
-            b.free = true;
-            b.dirty_len = b.len;
-            self.release_span(b);
-        } else {
-            self.unmap_large(b);
+        match found.flatten() {
+            Some((ptr, zeroed)) => Block { ptr, zeroed },
+            None => Block::NONE,
         }
     }
 
     fn free_large(&mut self, block: *mut LargeBlock) {
         let now = self.large_stamp();
-        // SAFETY: the caller found it in the map, so it is live.
-        let b = unsafe { &mut *block };
-        self.map.remove(b.base as usize, GRANULE_SIZE);
-        self.counters.large_blocks -= 1;
-        self.counters.large_bytes -= b.len;
-        self.recently_freed.record(b.base);
-        if b.in_region {
-            // SAFETY: the block is free: nothing may touch it any more.
-            // Best effort.
-            unsafe { guard_span(b.base, b.len, false) };
-            b.free = true;
-            b.dirty_len = b.len;
-            b.freed_at = now;
-            self.release_span(b);
-        } else if self.large_cache.learn(b.len, self.counters.large_bytes) && self.move_away(b) {
-            let evicted = self.large_cache.insert(b, now);
-            self.unmap_large_list(evicted);
-        } else {
-            self.unmap_large(b);
-        }
+        self.large.free(block, &mut self.map, now);
     }
 
-    /// Moves freed mapping `b`, pages and all, to fresh address space
-    /// (one `mremap`, which moves whole page tables where both ends are
-    /// 2 MiB aligned): its old address is unmapped, so a stale pointer
-    /// faults at once, and it is ready for reuse where it now is. False
-    /// (nothing changed) when no address space could be had.
-    fn move_away(&mut self, b: &mut LargeBlock) -> bool {
-        // The alignment it has (what a request may have asked for), from
-        // 2 MiB (a page table's reach) to 64 MiB (more is by chance).
-        let align = (1usize << (b.base as usize).trailing_zeros()).clamp(MOVE_ALIGN, 64 << 20);
-        let target = os::reserve_aligned(b.len, align);
-        if target.is_null() {
-            return false;
+    fn resize_large(&mut self, block: *mut LargeBlock, n: usize) -> Resize {
+        let now = self.large_stamp();
+        self.with_room(|heap| heap.large.resize(block, n, &mut heap.map, now)).unwrap_or(Resize::Failed)
+    }
+
+    /// Runs `op`, an operation on large blocks. When the OS refused it a
+    /// mapping and releasing the reserves can make room for that mapping,
+    /// releases them and runs it once more; None if it still failed.
+    fn with_room<T>(&mut self, mut op: impl FnMut(&mut Self) -> Result<T, NoSpace>) -> Option<T> {
+        match op(self) {
+            Ok(result) => Some(result),
+            Err(NoSpace { len, align }) if self.could_make_room(len, align) && self.release_reserves() => op(self).ok(),
+            Err(_) => None,
         }
-        // SAFETY: `b` is one whole mapping of ours, out of the map, that
-        // nobody may touch any more; `target` was reserved just above.
-        if !unsafe { os::move_onto(b.base, b.len, b.len, target) } {
-            // SAFETY: reserved above, unused.
-            unsafe { os::unmap(target, b.len) };
-            return false;
-        }
-        b.base = target;
-        true
     }
 
     /// The time stamp of a large block freed now: read anew (a large free
@@ -1239,130 +924,6 @@ impl Heap {
             return self.tick();
         }
         now
-    }
-
-    fn unmap_large(&mut self, block: &mut LargeBlock) {
-        // SAFETY: the block is out of the map and the cache: nobody uses it.
-        unsafe {
-            os::unmap(block.base, block.len);
-            self.large_records.free(block);
-        }
-    }
-
-    fn unmap_large_list(&mut self, mut list: *mut LargeBlock) {
-        // SAFETY: lists from the cache hold live descriptors it let go of.
-        while let Some(block) = unsafe { list.as_mut() } {
-            list = block.next;
-            self.unmap_large(block);
-        }
-    }
-
-    fn resize_large(&mut self, b: &mut LargeBlock, n: usize) -> Resize {
-        if n <= MEDIUM_MAX && n < b.len / 2 {
-            return Resize::Move { usable: b.len }; // into an arena, releasing the mapping
-        }
-        if n > MAX_REQUEST {
-            return Resize::Failed;
-        }
-        let len = os::page_round_up(n.max(GRANULE_SIZE));
-        if b.in_region {
-            return self.resize_span(b, len);
-        }
-        if len <= b.len {
-            if len < b.len {
-                // SAFETY: the tail beyond `len` is ours and the caller gave it up.
-                unsafe { os::shrink(b.base, b.len, len) };
-                self.counters.large_bytes -= b.len - len;
-                b.len = len;
-            }
-            return Resize::Done(b.base);
-        }
-        // SAFETY: b is one whole mapping of ours.
-        if unsafe { os::grow_in_place(b.base, b.len, len) } {
-            self.counters.large_bytes += len - b.len;
-            b.len = len;
-            return Resize::Done(b.base);
-        }
-        // Move: reserve the destination first so that it can be entered in
-        // the map before the pages move (the map may need a new leaf).
-        let target = self.map_memory(len, PAGE_SIZE);
-        if target.is_null() {
-            return Resize::Failed;
-        }
-        let block: *mut LargeBlock = b;
-        if !self.map.insert(target as usize, GRANULE_SIZE, Owner::Large(block)) {
-            // SAFETY: mapped just above, unused.
-            unsafe { os::unmap(target, len) };
-            return Resize::Failed;
-        }
-        // SAFETY: b is one whole mapping of ours; target is ours and unused.
-        if !unsafe { os::move_onto(b.base, b.len, len, target) } {
-            self.map.remove(target as usize, GRANULE_SIZE);
-            // SAFETY: as above.
-            unsafe { os::unmap(target, len) };
-            return Resize::Failed;
-        }
-        self.map.remove(b.base as usize, GRANULE_SIZE);
-        self.recently_freed.record(b.base);
-        self.counters.large_bytes += len - b.len;
-        b.base = target;
-        b.len = len;
-        Resize::Done(target)
-    }
-
-    /// `resize_large` for a span, to `len` bytes (a multiple of the page
-    /// size): a shrink frees the tail, a growth takes the pages of a free
-    /// right neighbour; otherwise the block moves.
-    fn resize_span(&mut self, b: &mut LargeBlock, len: usize) -> Resize {
-        if len < b.len {
-            let tail = self.large_records.alloc();
-            if !tail.is_null() {
-                let now = self.large_stamp();
-                // SAFETY: the slot is ours; the tail beyond `len` is ours
-                // and the caller gave it up.
-                unsafe {
-                    tail.write(LargeBlock::span(b.base.add(len), b.len - len, b.len - len, now));
-                    guard_span((*tail).base, (*tail).len, false); // best effort
-                    self.split_off(b, &mut *tail);
-                    self.release_span(&mut *tail);
-                }
-                self.counters.large_bytes -= b.len - len;
-            }
-            return Resize::Done(b.base);
-        }
-        if len == b.len {
-            return Resize::Done(b.base);
-        }
-        // SAFETY: a span's neighbours are live descriptors of its region.
-        let right = unsafe { b.right.as_mut() }.filter(|r| r.free && b.len + r.len >= len);
-        // SAFETY: the free pages right after the block are ours, and
-        // become the caller's.
-        match right.filter(|r| unsafe { guard_span(r.base, len - b.len, true) }) {
-            Some(right) => {
-                let grown = len - b.len;
-                self.regions.unbin(right);
-                if right.len > grown {
-                    // SAFETY: `grown` is inside the free span.
-                    right.base = unsafe { right.base.add(grown) };
-                    right.len -= grown;
-                    right.dirty_len = right.dirty_len.saturating_sub(grown);
-                    self.regions.bin(right);
-                } else {
-                    b.right = right.right;
-                    // SAFETY: as above; nothing refers to `right` any more.
-                    unsafe {
-                        if let Some(next) = right.right.as_mut() {
-                            next.left = b;
-                        }
-                        self.large_records.free(right);
-                    }
-                }
-                self.counters.large_bytes += grown;
-                b.len = len;
-                Resize::Done(b.base)
-            }
-            _ => Resize::Move { usable: b.len },
-        }
     }
 
     /// Gives back to the OS all memory that holds no live block: empty
@@ -1405,12 +966,8 @@ impl Heap {
         &self.tiers[tier]
     }
 
-    pub fn large_cache(&self) -> &LargeCache {
-        &self.large_cache
-    }
-
-    pub fn regions(&self) -> &Regions {
-        &self.regions
+    pub fn large(&self) -> &Large {
+        &self.large
     }
 
     #[cfg(test)]
@@ -1421,20 +978,6 @@ impl Heap {
     pub fn secret(&self) -> Secret {
         self.secret
     }
-}
-
-/// In the debug mode, opens (`accessible`) or closes the pages of a span
-/// as it is allocated or freed, so that a stale pointer to a freed span
-/// faults at once; false if the kernel refused. In the default mode free
-/// spans stay accessible, as glibc's heap is below its mmap threshold:
-/// an `mprotect` per call costs 10 times the work of a workload that
-/// replaces 128 KiB..4 MiB blocks (README, "Large blocks").
-///
-/// # Safety
-/// As for `os::protect`.
-unsafe fn guard_span(base: *mut u8, len: usize, accessible: bool) -> bool {
-    // SAFETY: as the caller guarantees.
-    !config::get().debug || unsafe { os::protect(base, len, accessible) }
 }
 
 /// Whether a pool block of `class` can have been allocated for `size`

@@ -1,8 +1,10 @@
 //! Large blocks (above `MEDIUM_MAX`, or aligned beyond what a class
-//! offers): one private mapping each, starting at the block.
+//! offers), and everything about them: allocation, reuse, splitting,
+//! resizing and giving back (`Large`). Up to `region::SPAN_MAX` bytes a
+//! block is a span of a region (`region`); above, a private mapping of
+//! its own, starting at the block.
 //!
-//! Descriptors live in a slab, not in front of the block, so a buffer
-//! underflow cannot corrupt them. Freed mappings wait in a small cache
+//! Freed mappings wait in a small cache
 //! (most recent first) so that a program that repeatedly allocates and
 //! frees big buffers does not pay page faults each time: a request takes
 //! the cached mapping that fits it best, trimmed or grown with `mremap`
@@ -16,64 +18,586 @@
 //! next request. When decay empties the cache, the limit starts from
 //! zero again.
 //!
-//! A freed mapping enters the cache at another address: the heap moves
-//! it, pages and all, to fresh address space (`Heap::move_away`, one
-//! `mremap`), so the address the program knew is unmapped and a stale
-//! pointer faults, as after glibc's `munmap`.
+//! A freed mapping enters the cache at another address: it moves, pages
+//! and all, to fresh address space (`move_away`, one `mremap`), so the
+//! address the program knew is unmapped and a stale pointer faults, as
+//! after glibc's `munmap`.
+//!
+//! When the OS refuses a mapping, an operation returns `NoSpace` having
+//! changed nothing that matters: the heap, which sees every reserve,
+//! releases them if that can make room and asks once more.
 
 use core::ptr;
 
+use crate::arena_map::{ArenaMap, Owner};
 use crate::config;
-use crate::geometry::PAGE_SIZE;
+use crate::geometry::{GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, PAGE_SIZE};
+use crate::large_block::LargeBlock;
+use crate::os;
+use crate::region::{self, Regions};
+use crate::slab::Slab;
 
-/// One large block: `base..base+len`, all of it usable; a mapping of its
-/// own, or a span of a region (`crate::region`).
-pub struct LargeBlock {
-    pub base: *mut u8,
+/// The alignment of mappings of their own, and of the address space a
+/// freed one moves to: a page table's reach on x86-64 and aarch64 (4 KiB
+/// pages), so that `mremap` moves page tables, not each page's entry.
+const MOVE_ALIGN: usize = 2 << 20;
+
+/// The OS refused a mapping of `len` bytes aligned to `align`.
+#[derive(Clone, Copy)]
+pub struct NoSpace {
     pub len: usize,
-    /// Neighbours in the cache (a mapping) or in a bin (a free span) while
-    /// free, since `freed_at` (ms).
-    pub next: *mut LargeBlock,
-    pub prev: *mut LargeBlock,
-    pub freed_at: u64,
-    /// A span's neighbours in address order within its region (null at
-    /// the region's ends; always null for a mapping).
-    pub left: *mut LargeBlock,
-    pub right: *mut LargeBlock,
-    pub in_region: bool,
-    /// A span that is free pages, not a live block.
-    pub free: bool,
-    /// A free span's first `dirty_len` bytes may hold resident pages
-    /// (written since they were last given back); the rest reads as zero.
-    pub dirty_len: usize,
+    pub align: usize,
 }
 
-impl LargeBlock {
-    /// A mapping of its own.
-    pub fn new(base: *mut u8, len: usize) -> Self {
-        LargeBlock {
-            base,
-            len,
-            next: ptr::null_mut(),
-            prev: ptr::null_mut(),
-            freed_at: 0,
-            left: ptr::null_mut(),
-            right: ptr::null_mut(),
-            in_region: false,
-            free: false,
-            dirty_len: 0,
+/// A fresh mapping of `len` bytes aligned to `align`, or `NoSpace`.
+fn map_os(len: usize, align: usize) -> Result<*mut u8, NoSpace> {
+    let p = os::map_aligned(len, align);
+    if p.is_null() { Err(NoSpace { len, align }) } else { Ok(p) }
+}
+
+/// What `realloc` must do next.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Resize {
+    /// Done: the (possibly remapped) block now holds the new size.
+    Done(*mut u8),
+    /// The caller allocates anew, copies `min(usable, new size)` bytes
+    /// and frees the old block.
+    Move { usable: usize },
+    /// Out of memory; the old block is untouched.
+    Failed,
+}
+
+/// Every large block: live ones (named by the arena map), the cache of
+/// freed mappings, and the regions' free spans.
+pub struct Large {
+    records: Slab<LargeBlock>,
+    cache: LargeCache,
+    regions: Regions,
+    /// Large blocks freed lately, to tell a double free from a wild pointer.
+    recently_freed: RecentlyFreed,
+    /// Live large blocks, and the bytes they hold.
+    pub blocks: usize,
+    pub bytes: usize,
+}
+
+impl Large {
+    pub const fn new() -> Self {
+        Large {
+            records: Slab::new(),
+            cache: LargeCache::new(),
+            regions: Regions::new(),
+            recently_freed: RecentlyFreed::new(),
+            blocks: 0,
+            bytes: 0,
         }
     }
 
-    /// A free span of a region.
-    pub fn span(base: *mut u8, len: usize, dirty_len: usize, freed_at: u64) -> Self {
-        LargeBlock { freed_at, in_region: true, free: true, dirty_len, ..LargeBlock::new(base, len) }
+    /// Bytes of address space that releasing everything kept would free:
+    /// cached mappings and regions with no live block.
+    pub fn reserve_bytes(&self) -> usize {
+        self.cache.bytes + self.regions.idle_bytes
     }
 
-    /// Whether this span is its whole region.
-    pub fn is_whole_region(&self) -> bool {
-        self.left.is_null() && self.right.is_null()
+    /// Whether `p`, which starts no live block, is a large block freed
+    /// lately (or still cached): a double free rather than a wild pointer.
+    pub fn was_freed(&self, p: *mut u8) -> bool {
+        self.recently_freed.contains(p) || self.cache.holds_base(p)
     }
+
+    /// Gives back the cached mappings and the free spans' pages unused
+    /// since `cutoff` (ms), and unmaps regions that are one such span;
+    /// true if there were any.
+    pub fn release(&mut self, cutoff: u64) -> bool {
+        let evicted = self.cache.evict_older(cutoff);
+        let released = !evicted.is_null();
+        self.unmap_list(evicted);
+        released | self.decay_spans(cutoff)
+    }
+
+    pub fn cache(&self) -> &LargeCache {
+        &self.cache
+    }
+
+    pub fn regions(&self) -> &Regions {
+        &self.regions
+    }
+
+    /// A large block of at least `n` bytes (and one granule) whose address
+    /// is a multiple of `align` (a power of two, at least a page): a span
+    /// of a region when it is small enough, else a mapping of its own.
+    ///
+    /// Enters the block in `map`; returns it and whether it reads as zero.
+    /// None when nothing can serve it now; `NoSpace` when the OS refused
+    /// a mapping, with the heap's `other_reserves` (bytes of address space
+    /// besides ours) not yet released. `clock` stamps what goes back into
+    /// the cache.
+    pub fn alloc(
+        &mut self,
+        n: usize,
+        align: usize,
+        map: &mut ArenaMap,
+        clock: u64,
+        other_reserves: usize,
+    ) -> Result<Option<(*mut u8, bool)>, NoSpace> {
+        if n > MAX_REQUEST {
+            return Ok(None);
+        }
+        let len = os::page_round_up(n.max(GRANULE_SIZE));
+        let found = if align <= PAGE_SIZE && len <= region::SPAN_MAX {
+            self.take_span(len)?
+        } else {
+            self.take_mapping(len, align, clock, other_reserves)?
+        };
+        let Some((block, zeroed)) = found else {
+            return Ok(None);
+        };
+        // SAFETY: `block` is a live descriptor owned by nobody else.
+        let b = unsafe { &mut *block };
+        if !map.insert(b.base as usize, GRANULE_SIZE, Owner::Large(block)) {
+            self.unallocate(b);
+            return Ok(None);
+        }
+        self.blocks += 1;
+        self.bytes += b.len;
+        Ok(Some((b.base, zeroed)))
+    }
+
+    /// A mapping of its own for a block of `len` bytes aligned to `align`:
+    /// a cached one if any serves, else a new one. Also whether it reads
+    /// as zero.
+    fn take_mapping(
+        &mut self,
+        len: usize,
+        align: usize,
+        clock: u64,
+        other_reserves: usize,
+    ) -> Result<Option<(*mut LargeBlock, bool)>, NoSpace> {
+        match self.reuse_cached(len, align, clock, other_reserves) {
+            Ok(Some(block)) => return Ok(Some((block, false))),
+            Ok(None) => {}
+            Err(()) => return Ok(None),
+        }
+        // Aligned as `move_away` will move it when it is freed.
+        let base = map_os(len, align.max(MOVE_ALIGN))?;
+        let block = self.records.alloc();
+        if block.is_null() {
+            // SAFETY: mapped just above, unused.
+            unsafe { os::unmap(base, len) };
+            return Ok(None);
+        }
+        // SAFETY: the slot is ours.
+        unsafe { block.write(LargeBlock::new(base, len)) };
+        Ok(Some((block, true)))
+    }
+
+    /// A cached mapping made `len` bytes long: one much longer is split
+    /// and its tail cached again, one too short is grown with `mremap`
+    /// (which keeps its pages). None if none serves; Err if growing one
+    /// failed and releasing the reserves cannot make room for `len` bytes
+    /// either: then no mapping can serve the request now.
+    fn reuse_cached(
+        &mut self,
+        len: usize,
+        align: usize,
+        clock: u64,
+        other_reserves: usize,
+    ) -> Result<Option<*mut LargeBlock>, ()> {
+        // SAFETY: the cache hands out live descriptors it let go of.
+        let Some(b) = self.cache.take(len, align).map(|b| unsafe { &mut *b }) else {
+            return Ok(None);
+        };
+        if b.len >= len {
+            let tail = b.len - len;
+            if tail > b.len / 4 && tail >= GRANULE_SIZE {
+                self.cache_tail(b, len, clock);
+            }
+        } else {
+            // SAFETY: the mapping is ours and unused; a moved one is not
+            // in the arena map yet.
+            let moved = unsafe { os::remap(b.base, b.len, len) };
+            if moved.is_null() {
+                // Still cached: a request that fails leaves the heap as it was.
+                let evicted = self.cache.insert(b, clock);
+                self.unmap_list(evicted);
+                let room = os::span_needed(len, align).is_some_and(|span| span <= self.reserve_bytes() + other_reserves);
+                return if room { Ok(None) } else { Err(()) };
+            }
+            b.base = moved;
+            b.len = len;
+        }
+        Ok(Some(b))
+    }
+
+    /// Cuts cached mapping `b` to `len` bytes; the rest becomes a cached
+    /// mapping of its own, or is unmapped when the cache cannot take it.
+    fn cache_tail(&mut self, b: &mut LargeBlock, len: usize, clock: u64) {
+        // SAFETY: `len` is inside the mapping.
+        let tail_base = unsafe { b.base.add(len) };
+        let tail_len = b.len - len;
+        b.len = len;
+        let record = if self.cache.accepts(tail_len) { self.records.alloc() } else { ptr::null_mut() };
+        if record.is_null() {
+            // SAFETY: the tail is ours and unused.
+            unsafe { os::unmap(tail_base, tail_len) };
+            return;
+        }
+        // SAFETY: the slot is ours; the tail is a whole range of pages.
+        let tail = unsafe {
+            record.write(LargeBlock::new(tail_base, tail_len));
+            &mut *record
+        };
+        let evicted = self.cache.insert(tail, clock);
+        self.unmap_list(evicted);
+    }
+
+    /// A span of `len` bytes (a multiple of the page size) from the
+    /// regions, mapping a new region if no free span is big enough; also
+    /// whether it reads as zero.
+    fn take_span(&mut self, len: usize) -> Result<Option<(*mut LargeBlock, bool)>, NoSpace> {
+        let span = match self.regions.take(len) {
+            Some(span) => span,
+            None => match self.map_region(len)? {
+                Some(span) => span,
+                None => return Ok(None),
+            },
+        };
+        // SAFETY: a free span just taken out of its bin: ours alone.
+        let s = unsafe { &mut *span };
+        if s.len > len {
+            let rest = self.records.alloc();
+            if !rest.is_null() {
+                // SAFETY: the slot is ours; `len` is inside the span, and
+                // the rest joins the span's place in the region's tiling.
+                unsafe {
+                    rest.write(LargeBlock::span(s.base.add(len), s.len - len, s.dirty_len.saturating_sub(len), s.freed_at));
+                    self.split_off(s, &mut *rest);
+                    self.regions.bin(&mut *rest);
+                }
+            }
+        }
+        // SAFETY: the span's pages are ours, and now the caller's.
+        if !unsafe { guard_span(s.base, s.len, true) } {
+            self.release_span(s);
+            return Ok(None);
+        }
+        s.free = false;
+        Ok(Some((span, s.dirty_len == 0)))
+    }
+
+    /// A new region for a span of at least `len` bytes, as one free span.
+    fn map_region(&mut self, len: usize) -> Result<Option<*mut LargeBlock>, NoSpace> {
+        let guarded = config::get().debug;
+        let reserved = if guarded { os::reserve(region::REGION_SIZE) } else { os::map(region::REGION_SIZE) };
+        let (mut base, mut size) = (reserved, region::REGION_SIZE);
+        if base.is_null() {
+            (base, size) = (map_os(len, PAGE_SIZE)?, len);
+            // SAFETY: mapped just above, unused. Best effort: free pages
+            // left accessible are only less guarded.
+            unsafe { guard_span(base, size, false) };
+        }
+        let span = self.records.alloc();
+        if span.is_null() {
+            // SAFETY: mapped just above, unused.
+            unsafe { os::unmap(base, size) };
+            return Ok(None);
+        }
+        // SAFETY: the slot is ours.
+        unsafe { span.write(LargeBlock::span(base, size, 0, 0)) };
+        self.regions.regions += 1;
+        self.regions.region_bytes += size;
+        Ok(Some(span))
+    }
+
+    /// Makes `rest` (the pages right after `s.len`, up to the old end of
+    /// `s`) `s`'s right neighbour.
+    fn split_off(&mut self, s: &mut LargeBlock, rest: &mut LargeBlock) {
+        rest.left = s;
+        rest.right = s.right;
+        // SAFETY: a span's neighbours are live descriptors of its region.
+        if let Some(right) = unsafe { s.right.as_mut() } {
+            right.left = rest;
+        }
+        s.right = rest;
+        s.len -= rest.len;
+    }
+
+    /// Bins free span `s` (out of any bin), merged with its free
+    /// neighbours. Returns the merged span.
+    fn release_span<'a>(&mut self, mut s: &'a mut LargeBlock) -> &'a mut LargeBlock {
+        // SAFETY: a span's neighbours are live descriptors of its region,
+        // binned when free; a merged-away descriptor is referred to by
+        // nothing once its neighbours are relinked.
+        unsafe {
+            if let Some(left) = s.left.as_mut().filter(|l| l.free) {
+                self.regions.unbin(left);
+                self.absorb(left, s);
+                s = left;
+            }
+            if let Some(right) = s.right.as_mut().filter(|r| r.free) {
+                self.regions.unbin(right);
+                self.absorb(s, right);
+            }
+        }
+        self.regions.bin(s);
+        s
+    }
+
+    /// Merges free span `right` (out of its bin) into its left neighbour
+    /// `s` and frees its descriptor.
+    fn absorb(&mut self, s: &mut LargeBlock, right: &mut LargeBlock) {
+        if right.dirty_len > 0 {
+            s.dirty_len = s.len + right.dirty_len;
+        }
+        s.len += right.len;
+        s.freed_at = s.freed_at.max(right.freed_at);
+        s.right = right.right;
+        // SAFETY: as in `split_off`; nothing refers to `right` any more.
+        unsafe {
+            if let Some(next) = right.right.as_mut() {
+                next.left = s;
+            }
+            self.records.free(right);
+        }
+    }
+
+    /// Gives back the pages of free spans unused since `cutoff` (ms), and
+    /// unmaps regions that are one such span; true if there were any.
+    fn decay_spans(&mut self, cutoff: u64) -> bool {
+        // Take them out of their bins first, marked not free, so that
+        // merging one cannot reach another before its turn.
+        let mut unused: *mut LargeBlock = ptr::null_mut();
+        self.regions.for_each_free(|regions, span| {
+            // SAFETY: binned spans are live descriptors of free pages.
+            let s = unsafe { &mut *span };
+            if s.freed_at <= cutoff {
+                regions.unbin(s);
+                s.free = false;
+                s.next = unused;
+                unused = s;
+            }
+        });
+        let mut released = false;
+        // SAFETY: spans unbinned above: free pages nobody else refers to.
+        while let Some(s) = unsafe { unused.as_mut() } {
+            unused = s.next;
+            if s.dirty_len > 0 {
+                // SAFETY: the span's pages hold no live block.
+                unsafe { os::decommit(s.base, s.dirty_len) };
+                s.dirty_len = 0;
+                released = true;
+            }
+            s.free = true;
+            let merged = self.release_span(s);
+            if merged.is_whole_region() && merged.freed_at <= cutoff {
+                self.regions.unbin(merged);
+                self.regions.regions -= 1;
+                self.regions.region_bytes -= merged.len;
+                self.unmap(merged);
+                released = true;
+            }
+        }
+        released
+    }
+
+    /// Returns a large block that never reached its owner.
+    fn unallocate(&mut self, b: &mut LargeBlock) {
+        if b.in_region {
+            // SAFETY: the span was never handed out. Best effort.
+            unsafe { guard_span(b.base, b.len, false) };
+            b.free = true;
+            b.dirty_len = b.len;
+            self.release_span(b);
+        } else {
+            self.unmap(b);
+        }
+    }
+
+    /// Frees live block `block`, which `map` names, stamped `now` (ms).
+    pub fn free(&mut self, block: *mut LargeBlock, map: &mut ArenaMap, now: u64) {
+        // SAFETY: the caller found it in the map, so it is live.
+        let b = unsafe { &mut *block };
+        map.remove(b.base as usize, GRANULE_SIZE);
+        self.blocks -= 1;
+        self.bytes -= b.len;
+        self.recently_freed.record(b.base);
+        if b.in_region {
+            // SAFETY: the block is free: nothing may touch it any more.
+            // Best effort.
+            unsafe { guard_span(b.base, b.len, false) };
+            b.free = true;
+            b.dirty_len = b.len;
+            b.freed_at = now;
+            self.release_span(b);
+        } else if self.cache.learn(b.len, self.bytes) && self.move_away(b) {
+            let evicted = self.cache.insert(b, now);
+            self.unmap_list(evicted);
+        } else {
+            self.unmap(b);
+        }
+    }
+
+    /// Moves freed mapping `b`, pages and all, to fresh address space
+    /// (one `mremap`, which moves whole page tables where both ends are
+    /// 2 MiB aligned): its old address is unmapped, so a stale pointer
+    /// faults at once, and it is ready for reuse where it now is. False
+    /// (nothing changed) when no address space could be had.
+    fn move_away(&mut self, b: &mut LargeBlock) -> bool {
+        // The alignment it has (what a request may have asked for), from
+        // 2 MiB (a page table's reach) to 64 MiB (more is by chance).
+        let align = (1usize << (b.base as usize).trailing_zeros()).clamp(MOVE_ALIGN, 64 << 20);
+        let target = os::reserve_aligned(b.len, align);
+        if target.is_null() {
+            return false;
+        }
+        // SAFETY: `b` is one whole mapping of ours, out of the map, that
+        // nobody may touch any more; `target` was reserved just above.
+        if !unsafe { os::move_onto(b.base, b.len, b.len, target) } {
+            // SAFETY: reserved above, unused.
+            unsafe { os::unmap(target, b.len) };
+            return false;
+        }
+        b.base = target;
+        true
+    }
+
+    fn unmap(&mut self, block: &mut LargeBlock) {
+        // SAFETY: the block is out of the map and the cache: nobody uses it.
+        unsafe {
+            os::unmap(block.base, block.len);
+            self.records.free(block);
+        }
+    }
+
+    fn unmap_list(&mut self, mut list: *mut LargeBlock) {
+        // SAFETY: lists from the cache hold live descriptors it let go of.
+        while let Some(block) = unsafe { list.as_mut() } {
+            list = block.next;
+            self.unmap(block);
+        }
+    }
+
+    /// Resizes live block `block`, which `map` names, to `n` bytes where
+    /// it is (a span's freed tail stamped `now`), or says how the caller
+    /// must move it; `NoSpace` when the OS refused the mapping to move it
+    /// to.
+    pub fn resize(&mut self, block: *mut LargeBlock, n: usize, map: &mut ArenaMap, now: u64) -> Result<Resize, NoSpace> {
+        // SAFETY: the caller found it in the map, so it is live.
+        let b = unsafe { &mut *block };
+        if n <= MEDIUM_MAX && n < b.len / 2 {
+            return Ok(Resize::Move { usable: b.len }); // into an arena, releasing the mapping
+        }
+        if n > MAX_REQUEST {
+            return Ok(Resize::Failed);
+        }
+        let len = os::page_round_up(n.max(GRANULE_SIZE));
+        if b.in_region {
+            return Ok(self.resize_span(b, len, now));
+        }
+        if len <= b.len {
+            if len < b.len {
+                // SAFETY: the tail beyond `len` is ours and the caller gave it up.
+                unsafe { os::shrink(b.base, b.len, len) };
+                self.bytes -= b.len - len;
+                b.len = len;
+            }
+            return Ok(Resize::Done(b.base));
+        }
+        // SAFETY: b is one whole mapping of ours.
+        if unsafe { os::grow_in_place(b.base, b.len, len) } {
+            self.bytes += len - b.len;
+            b.len = len;
+            return Ok(Resize::Done(b.base));
+        }
+        // Move: reserve the destination first so that it can be entered in
+        // the map before the pages move (the map may need a new leaf).
+        let target = map_os(len, PAGE_SIZE)?;
+        if !map.insert(target as usize, GRANULE_SIZE, Owner::Large(block)) {
+            // SAFETY: mapped just above, unused.
+            unsafe { os::unmap(target, len) };
+            return Ok(Resize::Failed);
+        }
+        // SAFETY: b is one whole mapping of ours; target is ours and unused.
+        if !unsafe { os::move_onto(b.base, b.len, len, target) } {
+            map.remove(target as usize, GRANULE_SIZE);
+            // SAFETY: as above.
+            unsafe { os::unmap(target, len) };
+            return Ok(Resize::Failed);
+        }
+        map.remove(b.base as usize, GRANULE_SIZE);
+        self.recently_freed.record(b.base);
+        self.bytes += len - b.len;
+        b.base = target;
+        b.len = len;
+        Ok(Resize::Done(target))
+    }
+
+    /// `resize` for a span, to `len` bytes (a multiple of the page
+    /// size): a shrink frees the tail, a growth takes the pages of a free
+    /// right neighbour; otherwise the block moves.
+    fn resize_span(&mut self, b: &mut LargeBlock, len: usize, now: u64) -> Resize {
+        if len < b.len {
+            let tail = self.records.alloc();
+            if !tail.is_null() {
+                // SAFETY: the slot is ours; the tail beyond `len` is ours
+                // and the caller gave it up.
+                unsafe {
+                    tail.write(LargeBlock::span(b.base.add(len), b.len - len, b.len - len, now));
+                    guard_span((*tail).base, (*tail).len, false); // best effort
+                    self.split_off(b, &mut *tail);
+                    self.release_span(&mut *tail);
+                }
+                self.bytes -= b.len - len;
+            }
+            return Resize::Done(b.base);
+        }
+        if len == b.len {
+            return Resize::Done(b.base);
+        }
+        // SAFETY: a span's neighbours are live descriptors of its region.
+        let right = unsafe { b.right.as_mut() }.filter(|r| r.free && b.len + r.len >= len);
+        // SAFETY: the free pages right after the block are ours, and
+        // become the caller's.
+        match right.filter(|r| unsafe { guard_span(r.base, len - b.len, true) }) {
+            Some(right) => {
+                let grown = len - b.len;
+                self.regions.unbin(right);
+                if right.len > grown {
+                    // SAFETY: `grown` is inside the free span.
+                    right.base = unsafe { right.base.add(grown) };
+                    right.len -= grown;
+                    right.dirty_len = right.dirty_len.saturating_sub(grown);
+                    self.regions.bin(right);
+                } else {
+                    b.right = right.right;
+                    // SAFETY: as above; nothing refers to `right` any more.
+                    unsafe {
+                        if let Some(next) = right.right.as_mut() {
+                            next.left = b;
+                        }
+                        self.records.free(right);
+                    }
+                }
+                self.bytes += grown;
+                b.len = len;
+                Resize::Done(b.base)
+            }
+            _ => Resize::Move { usable: b.len },
+        }
+    }
+}
+
+/// In the debug mode, opens (`accessible`) or closes the pages of a span
+/// as it is allocated or freed, so that a stale pointer to a freed span
+/// faults at once; false if the kernel refused. In the default mode free
+/// spans stay accessible, as glibc's heap is below its mmap threshold:
+/// an `mprotect` per call costs 10 times the work of a workload that
+/// replaces 128 KiB..4 MiB blocks (README, "Large blocks").
+///
+/// # Safety
+/// As for `os::protect`.
+unsafe fn guard_span(base: *mut u8, len: usize, accessible: bool) -> bool {
+    // SAFETY: as the caller guarantees.
+    !config::get().debug || unsafe { os::protect(base, len, accessible) }
 }
 
 /// Most mappings the cache holds.

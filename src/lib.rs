@@ -135,9 +135,10 @@ mod heap;
 
 // What the heap is made of.
 mod purge;
-mod arena_map;
 mod large;
 mod region;
+mod arena_map;
+mod large_block;
 mod arena;
 mod pool;
 

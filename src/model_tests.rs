@@ -178,7 +178,7 @@ fn run_model(seed: u64, steps: usize) {
     }
     heap.check().unwrap();
     assert_only_kept_pools_held(&heap);
-    assert_eq!(heap.counters.large_blocks, 0);
+    assert_eq!(heap.large().blocks, 0);
     heap.trim();
     assert_eq!(heap.counters.arenas, 0);
     heap.check().unwrap();
@@ -383,7 +383,7 @@ fn freed_memory_is_reused_before_it_decays() {
     // Half-empty pools stay; the empty ones and the mapping decay.
     assert!(heap.purge(u64::MAX));
     heap.check().unwrap();
-    assert_eq!(heap.large_cache().bytes, 0);
+    assert_eq!(heap.large().cache().bytes, 0);
     for p in again.iter().skip(1).step_by(2) {
         heap.free(*p).unwrap();
     }
@@ -492,7 +492,7 @@ fn large_blocks_reuse_the_cache_and_grow_in_place_or_move() {
     assert_eq!(heap.resize(s, 1000).unwrap(), Resize::Move { usable: heap.usable_size(s).unwrap() });
     heap.free(s).unwrap();
     assert!(heap.trim());
-    assert_eq!(heap.counters.large_blocks, 0);
+    assert_eq!(heap.large().blocks, 0);
 }
 
 #[test]
@@ -523,7 +523,7 @@ fn region_spans_merge_keep_their_pages_and_decay() {
     heap.free(b).unwrap();
     heap.free(a).unwrap();
     heap.check().unwrap();
-    assert_eq!((heap.regions().free_bytes - heap.regions().dirty_bytes) % MIB, 0);
+    assert_eq!((heap.large().regions().free_bytes - heap.large().regions().dirty_bytes) % MIB, 0);
     // The two merged: 2 MiB come back at `a`, with their pages (not zero).
     let ab = heap.alloc(2 * MIB);
     assert_eq!(ab.ptr, a);
@@ -536,12 +536,12 @@ fn region_spans_merge_keep_their_pages_and_decay() {
     assert_eq!(heap.usable_size(c).unwrap(), 5 * MIB / 2);
     assert_eq!(heap.resize(c, MIB).unwrap(), Resize::Done(c));
     heap.check().unwrap();
-    assert_eq!(heap.regions().free_spans, 1);
+    assert_eq!(heap.large().regions().free_spans, 1);
     // Decay gives back the pages of free spans; a calloc then needs no
     // clearing, and reads zero.
     heap.free(ab.ptr).unwrap();
     assert!(heap.purge(u64::MAX));
-    assert_eq!(heap.regions().dirty_bytes, 0);
+    assert_eq!(heap.large().regions().dirty_bytes, 0);
     let again = heap.alloc(2 * MIB);
     assert!(again.zeroed);
     check_zeroed(again, 2 * MIB);
@@ -549,8 +549,8 @@ fn region_spans_merge_keep_their_pages_and_decay() {
     // A region that is all free goes back to the OS.
     heap.free(again.ptr).unwrap();
     heap.free(c).unwrap();
-    assert_eq!(heap.regions().free_spans, 1);
+    assert_eq!(heap.large().regions().free_spans, 1);
     assert!(heap.purge(u64::MAX));
-    assert_eq!((heap.regions().regions, heap.regions().free_spans), (0, 0));
+    assert_eq!((heap.large().regions().regions, heap.large().regions().free_spans), (0, 0));
     heap.check().unwrap();
 }

@@ -21,7 +21,7 @@
 use core::ptr;
 
 use crate::geometry::PAGE_SIZE;
-use crate::large::LargeBlock;
+use crate::large_block::LargeBlock;
 
 /// The address space a region reserves. Pages are touched only as spans
 /// are used, so most of it costs nothing until needed.

@@ -56,15 +56,16 @@ pub struct Snapshot {
 impl Snapshot {
     pub fn of(heap: &Heap, quarantine: &Quarantine) -> Snapshot {
         let c = &heap.counters;
-        let (cache, regions) = (heap.large_cache(), heap.regions());
+        let large = heap.large();
+        let (cache, regions) = (large.cache(), large.regions());
         let mut t = Totals {
             arenas_allocated: c.arenas_allocated,
             arenas_reclaimed: c.arenas_reclaimed,
             arenas_highwater: c.arenas_highwater,
             arenas: c.arenas,
             arena_bytes: c.arenas * ARENA_SIZE,
-            large_blocks: c.large_blocks,
-            large_bytes: c.large_bytes,
+            large_blocks: large.blocks,
+            large_bytes: large.bytes,
             cached_mappings: cache.entries + regions.dirty_spans,
             cached_bytes: cache.bytes + regions.dirty_bytes,
             bytes_mapped: OS_TOTALS.mapped(),

@@ -1,0 +1,64 @@
+//! A large block's descriptor (`LargeBlock`): a mapping of its own or a
+//! span of a region. Descriptors live in a slab, not in front of the
+//! block, so a buffer underflow cannot corrupt them.
+
+use core::ptr;
+
+use crate::geometry::GRANULE_SIZE;
+use crate::os;
+
+/// One large block: `base..base+len`, all of it usable; a mapping of its
+/// own, or a span of a region (`region`).
+pub struct LargeBlock {
+    pub base: *mut u8,
+    pub len: usize,
+    /// Neighbours in the cache (a mapping) or in a bin (a free span) while
+    /// free, since `freed_at` (ms).
+    pub next: *mut LargeBlock,
+    pub prev: *mut LargeBlock,
+    pub freed_at: u64,
+    /// A span's neighbours in address order within its region (null at
+    /// the region's ends; always null for a mapping).
+    pub left: *mut LargeBlock,
+    pub right: *mut LargeBlock,
+    pub in_region: bool,
+    /// A span that is free pages, not a live block.
+    pub free: bool,
+    /// A free span's first `dirty_len` bytes may hold resident pages
+    /// (written since they were last given back); the rest reads as zero.
+    pub dirty_len: usize,
+}
+
+impl LargeBlock {
+    /// A mapping of its own.
+    pub fn new(base: *mut u8, len: usize) -> Self {
+        LargeBlock {
+            base,
+            len,
+            next: ptr::null_mut(),
+            prev: ptr::null_mut(),
+            freed_at: 0,
+            left: ptr::null_mut(),
+            right: ptr::null_mut(),
+            in_region: false,
+            free: false,
+            dirty_len: 0,
+        }
+    }
+
+    /// A free span of a region.
+    pub fn span(base: *mut u8, len: usize, dirty_len: usize, freed_at: u64) -> Self {
+        LargeBlock { freed_at, in_region: true, free: true, dirty_len, ..LargeBlock::new(base, len) }
+    }
+
+    /// Whether this span is its whole region.
+    pub fn is_whole_region(&self) -> bool {
+        self.left.is_null() && self.right.is_null()
+    }
+
+    /// Whether `free_sized` may name `size` for this block: a mapping from
+    /// the cache, or one a realloc kept, may be up to twice as big as asked.
+    pub fn fits_size(&self, size: usize) -> bool {
+        size <= self.len && 2 * os::page_round_up(size.max(GRANULE_SIZE)) >= self.len
+    }
+}
