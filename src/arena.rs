@@ -14,6 +14,7 @@
 use core::ptr;
 
 use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA, tier_pool_shift};
+use crate::list::{AgeList, Linked};
 use crate::pool::{Pool, Shared};
 
 pub struct Arena {
@@ -35,8 +36,8 @@ pub struct Arena {
     /// Neighbours in the list of every arena the heap holds.
     pub next_all: *mut Arena,
     pub prev_all: *mut Arena,
-    /// Entirely free and waiting for reuse in the heap's `free_arenas`
-    /// (linked through `nextarena`/`prevarena`), since `freed_at` (ms).
+    /// Entirely free and waiting for reuse in `FreeArenas` (linked
+    /// through `nextarena`/`prevarena`), since `freed_at` (ms).
     pub retired: bool,
     pub freed_at: u64,
     pub pools: [Pool; MAX_POOLS_PER_ARENA],
@@ -108,6 +109,60 @@ impl Arena {
         unsafe { (*pool).nextpool = self.freepools };
         self.freepools = pool;
         self.nfreepools += 1;
+    }
+}
+
+/// Arenas whose pools are all free, kept for reuse: most recently freed
+/// first (they are in no tier, so their tier links serve here).
+pub struct FreeArenas(AgeList<Arena>);
+
+impl FreeArenas {
+    pub const fn new() -> Self {
+        FreeArenas(AgeList::new())
+    }
+
+    pub fn count(&self) -> usize {
+        self.0.len
+    }
+
+    pub fn push(&mut self, arena: &mut Arena, now: u64) {
+        debug_assert!(!arena.retired);
+        arena.retired = true;
+        arena.freed_at = now;
+        self.0.push_newest(arena);
+    }
+
+    /// The most recently freed arena that `wanted`, taken off the list.
+    pub fn pop_newest(&mut self, wanted: impl Fn(&Arena) -> bool) -> Option<*mut Arena> {
+        // SAFETY: listed arenas are live descriptors.
+        let arena = unsafe { self.0.find_newest(|a| wanted(a)).as_mut()? };
+        self.unlink(arena);
+        Some(arena)
+    }
+
+    /// The oldest arena if it was freed at or before `cutoff`, taken off
+    /// the list.
+    pub fn pop_older(&mut self, cutoff: u64) -> Option<*mut Arena> {
+        // SAFETY: listed arenas are live descriptors.
+        let arena = unsafe { self.0.oldest().as_mut()? };
+        if arena.freed_at > cutoff {
+            return None;
+        }
+        self.unlink(arena);
+        Some(arena)
+    }
+
+    fn unlink(&mut self, arena: &mut Arena) {
+        self.0.unlink(arena);
+        arena.retired = false;
+    }
+}
+
+/// In a tier's usable list or among the free arenas: `prevarena` is
+/// newer, `nextarena` older.
+impl Linked for Arena {
+    fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
+        (&mut self.prevarena, &mut self.nextarena)
     }
 }
 

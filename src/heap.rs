@@ -10,7 +10,7 @@ use core::ptr;
 
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
-use crate::arena::{Arena, Tier};
+use crate::arena::{Arena, FreeArenas, Tier};
 use crate::arena_map::{ArenaMap, Owner};
 use crate::fault::Fault;
 use crate::hardening::Secret;
@@ -24,7 +24,7 @@ use crate::lock::FutexMutex;
 use crate::os;
 use crate::pool::Pool;
 use crate::config;
-use crate::purge::{self, DirtyPools, FreeArenas, TICK_FREES};
+use crate::purge::{self, DirtyPools, TICK_FREES};
 use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_of};
 use crate::slab::Slab;
 
@@ -806,7 +806,7 @@ impl Heap {
     /// Whether releasing the reserves frees the address space that a
     /// mapping of `len` bytes aligned to `align` needs.
     fn could_make_room(&self, len: usize, align: usize) -> bool {
-        let reserves = self.free_arenas.count * ARENA_SIZE + self.large.reserve_bytes();
+        let reserves = self.free_arenas.count() * ARENA_SIZE + self.large.reserve_bytes();
         os::span_needed(len, align).is_some_and(|span| span <= reserves)
     }
 
@@ -884,7 +884,7 @@ impl Heap {
     fn alloc_large(&mut self, n: usize, align: usize) -> Block {
         self.start_clock();
         let found = self.with_room(|heap| {
-            let other_reserves = heap.free_arenas.count * ARENA_SIZE;
+            let other_reserves = heap.free_arenas.count() * ARENA_SIZE;
             heap.large.alloc(n, align, &mut heap.map, heap.clock, other_reserves)
         });
         match found.flatten() {
@@ -972,7 +972,7 @@ impl Heap {
 
     #[cfg(test)]
     pub fn free_arena_count(&self) -> usize {
-        self.free_arenas.count
+        self.free_arenas.count()
     }
 
     pub fn secret(&self) -> Secret {

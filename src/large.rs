@@ -33,6 +33,7 @@ use crate::arena_map::{ArenaMap, Owner};
 use crate::config;
 use crate::geometry::{GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, PAGE_SIZE};
 use crate::large_block::LargeBlock;
+use crate::list::AgeList;
 use crate::os;
 use crate::region::{self, Regions};
 use crate::slab::Slab;
@@ -607,9 +608,7 @@ const LIVE_SHARE: usize = 4;
 
 /// Freed mappings, most recently freed first.
 pub struct LargeCache {
-    head: *mut LargeBlock,
-    tail: *mut LargeBlock,
-    pub entries: usize,
+    mappings: AgeList<LargeBlock>,
     pub bytes: usize,
     /// The most bytes the cache holds (see the module doc).
     pub limit: usize,
@@ -617,7 +616,11 @@ pub struct LargeCache {
 
 impl LargeCache {
     pub const fn new() -> Self {
-        LargeCache { head: ptr::null_mut(), tail: ptr::null_mut(), entries: 0, bytes: 0, limit: 0 }
+        LargeCache { mappings: AgeList::new(), bytes: 0, limit: 0 }
+    }
+
+    pub fn entries(&self) -> usize {
+        self.mappings.len
     }
 
     /// Learns from a freed mapping of `len` bytes while `live` bytes stay
@@ -635,12 +638,11 @@ impl LargeCache {
     pub fn take(&mut self, len: usize, align: usize) -> Option<*mut LargeBlock> {
         let mut best: *mut LargeBlock = ptr::null_mut();
         let mut best_len = 0;
-        let mut cur = self.head;
-        // SAFETY: cached descriptors are live and linked only here.
-        while let Some(block) = unsafe { cur.as_mut() } {
-            cur = block.next;
-            if block.base as usize % align != 0 {
-                continue;
+        self.mappings.find_newest(|block| {
+            // A mask, not `%`: `align` is a power of two (and no division
+            // means no panic path).
+            if block.base as usize & (align - 1) != 0 {
+                return false;
             }
             let better = if best_len >= len {
                 block.len >= len && block.len < best_len
@@ -651,8 +653,9 @@ impl LargeCache {
                 best = block;
                 best_len = block.len;
             }
-        }
-        // SAFETY: as above.
+            false
+        });
+        // SAFETY: cached descriptors are live.
         let block = unsafe { best.as_mut()? };
         self.unlink(block);
         Some(block)
@@ -662,8 +665,8 @@ impl LargeCache {
     /// cache, linked through `next`, for the caller to unmap.
     pub fn evict_older(&mut self, cutoff: u64) -> *mut LargeBlock {
         let mut evicted: *mut LargeBlock = ptr::null_mut();
-        // SAFETY: as in `take`.
-        while let Some(oldest) = unsafe { self.tail.as_mut() } {
+        // SAFETY: cached descriptors are live.
+        while let Some(oldest) = unsafe { self.mappings.oldest().as_mut() } {
             if oldest.freed_at > cutoff {
                 break;
             }
@@ -671,7 +674,7 @@ impl LargeCache {
             oldest.next = evicted;
             evicted = oldest;
         }
-        if self.entries == 0 {
+        if self.entries() == 0 {
             self.limit = 0; // large blocks are no longer replaced: learn anew
         }
         evicted
@@ -679,15 +682,7 @@ impl LargeCache {
 
     /// Whether a cached mapping starts at `p`.
     pub fn holds_base(&self, p: *mut u8) -> bool {
-        let mut cur = self.head;
-        // SAFETY: as in `take`.
-        while let Some(block) = unsafe { cur.as_ref() } {
-            if block.base == p {
-                return true;
-            }
-            cur = block.next;
-        }
-        false
+        !self.mappings.find_newest(|block| block.base == p).is_null()
     }
 
     /// Whether a mapping of `len` bytes fits the cache at all.
@@ -700,43 +695,22 @@ impl LargeCache {
     /// unmap.
     pub fn insert(&mut self, block: &mut LargeBlock, now: u64) -> *mut LargeBlock {
         let mut evicted: *mut LargeBlock = ptr::null_mut();
-        while self.entries >= CACHE_MAX_ENTRIES || self.bytes + block.len > self.limit {
+        while self.entries() >= CACHE_MAX_ENTRIES || self.bytes + block.len > self.limit {
             // SAFETY: the cache is non-empty here (block.len alone fits),
-            // and its tail is a live descriptor.
-            let oldest = unsafe { &mut *self.tail };
+            // and its descriptors are live.
+            let oldest = unsafe { &mut *self.mappings.oldest() };
             self.unlink(oldest);
             oldest.next = evicted;
             evicted = oldest;
         }
         block.freed_at = now;
-        block.prev = ptr::null_mut();
-        block.next = self.head;
-        // SAFETY: as in `take`.
-        match unsafe { self.head.as_mut() } {
-            Some(head) => head.prev = block,
-            None => self.tail = block,
-        }
-        self.head = block;
-        self.entries += 1;
+        self.mappings.push_newest(block);
         self.bytes += block.len;
         evicted
     }
 
     fn unlink(&mut self, block: &mut LargeBlock) {
-        // SAFETY: as in `take`.
-        unsafe {
-            match block.prev.as_mut() {
-                Some(prev) => prev.next = block.next,
-                None => self.head = block.next,
-            }
-            match block.next.as_mut() {
-                Some(next) => next.prev = block.prev,
-                None => self.tail = block.prev,
-            }
-        }
-        block.next = ptr::null_mut();
-        block.prev = ptr::null_mut();
-        self.entries -= 1;
+        self.mappings.unlink(block);
         self.bytes -= block.len;
     }
 }

@@ -5,6 +5,7 @@
 use core::ptr;
 
 use crate::geometry::GRANULE_SIZE;
+use crate::list::Linked;
 use crate::os;
 
 /// One large block: `base..base+len`, all of it usable; a mapping of its
@@ -60,5 +61,13 @@ impl LargeBlock {
     /// the cache, or one a realloc kept, may be up to twice as big as asked.
     pub fn fits_size(&self, size: usize) -> bool {
         size <= self.len && 2 * os::page_round_up(size.max(GRANULE_SIZE)) >= self.len
+    }
+}
+
+/// In the cache (a mapping) or a bin (a free span): `prev` is newer,
+/// `next` older.
+impl Linked for LargeBlock {
+    fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
+        (&mut self.prev, &mut self.next)
     }
 }

@@ -38,10 +38,43 @@
 //! | above 4 MiB           | a private mapping each (`large`), with a learned cache |
 //! | aligned               | the smallest class whose size is a multiple of the alignment, else a span or a mapping |
 //!
-//! Entry points: `abi` exports the C API under glibc's names; `cxx`
-//! exports C++'s `operator delete` forms, whose sizes and alignments are
-//! checked as `free_sized`'s. Both lead to the calling thread's cache, or
-//! to the heap under its lock (through `debug_mode` when it is on).
+//! # Layers
+//!
+//! Each module owns one concept and its life; imports only go down
+//! (`lib.rs` declares the modules in this order and `tests/layers.rs`
+//! checks that none names a module above it):
+//!
+//! ```text
+//!  entry    cxx, abi, init      C and C++ exports: argument checks, errno,
+//!                               glibc's semantics; the constructor
+//!  front    fork, report,       fork handlers; statistics reports and
+//!           stats,              snapshots; the per-thread caches; the
+//!           thread_cache,       debug mode's guard bytes and its own
+//!           debug_mode          quarantine (guarded by the heap lock)
+//!  heap     check, heap         the one lock (HEAP); dispatch by size;
+//!                               the per-class pool lists; the clock;
+//!                               releasing reserves when the OS refuses
+//!  parts    purge               when freed memory goes back (DirtyPools)
+//!           large, region       large blocks: mappings, their cache and
+//!                               the regions' spans, from allocation to
+//!                               release (Large); free spans' bins
+//!           arena_map,          address -> arena or large descriptor
+//!           large_block         a large block's descriptor
+//!           arena, pool         arenas and their tiers, free arenas;
+//!                               pools and their blocks
+//!  system   config, list,       PYMALLOC_* options; lists by age; heap
+//!           fault, print,       faults and their one-line report; printing
+//!           lock, slab, os,     without allocating; the futex lock;
+//!           hardening,          descriptor slabs; mmap and friends; link
+//!           size_class,         mangling; size classes and the geometry
+//!           geometry
+//! ```
+//!
+//! A `free` reads top to bottom: `abi::free` -> `thread_cache` (most
+//! calls end here, no lock) -> `Heap::free_fast` under a free lock ->
+//! `abi::release` (the general path, beside the fast one) ->
+//! `debug_mode` when on, else `Heap::free` -> `pool` or `Large::free`.
+//! The options sit in the system layer because every layer reads one.
 //!
 //! With the default geometry (CPython 3.10+), pools are 16 KiB / 64 KiB /
 //! 256 KiB / 1 MiB in 1 MiB arenas; the classic geometry (feature
@@ -144,6 +177,7 @@ mod pool;
 
 // The system below: options, faults, printing, the OS, the lock, sizes.
 mod config;
+mod list;
 mod fault;
 mod print;
 mod lock;

@@ -25,6 +25,7 @@ use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::geometry::MIN_ALIGN;
 use crate::hardening::Secret;
+use crate::list::Linked;
 use crate::fault::Fault;
 use crate::size_class::{RECIP_SHIFT, class_info};
 
@@ -339,5 +340,13 @@ impl Pool {
     /// Blocks the pool can hold (0 before it serves a class).
     pub fn capacity(&self) -> u32 {
         core::num::NonZeroU32::new(self.block_size).map_or(0, |size| self.maxnextoffset / size + 1)
+    }
+}
+
+/// Among the dirty pools (`purge::DirtyPools`): `dirty_next` is newer,
+/// `dirty_prev` older.
+impl Linked for Pool {
+    fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
+        (&mut self.dirty_next, &mut self.dirty_prev)
     }
 }

@@ -66,7 +66,7 @@ impl Snapshot {
             arena_bytes: c.arenas * ARENA_SIZE,
             large_blocks: large.blocks,
             large_bytes: large.bytes,
-            cached_mappings: cache.entries + regions.dirty_spans,
+            cached_mappings: cache.entries() + regions.dirty_spans,
             cached_bytes: cache.bytes + regions.dirty_bytes,
             bytes_mapped: OS_TOTALS.mapped(),
             bytes_mapped_peak: OS_TOTALS.peak(),
