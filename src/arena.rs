@@ -1,5 +1,7 @@
 //! Arenas: `ARENA_SIZE` bytes from the OS, aligned to their size, cut into
-//! equal pools of one tier; and each tier's list of usable arenas.
+//! equal pools of one tier; each tier's list of usable arenas; and every
+//! arena's life, from mapping through retirement (all pools free, kept
+//! for reuse) to unmapping (`Arenas`).
 //!
 //! The descriptor (`Arena`) lives outside the arena, in a slab, and holds
 //! the pool headers. Pools are born lazily: `next_unused` counts the pools
@@ -15,7 +17,9 @@ use core::ptr;
 
 use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA, tier_pool_shift};
 use crate::list::{AgeList, Linked};
+use crate::os;
 use crate::pool::{Pool, Shared};
+use crate::slab::Slab;
 
 pub struct Arena {
     pub base: *mut u8,
@@ -36,7 +40,7 @@ pub struct Arena {
     /// Neighbours in the list of every arena the heap holds.
     pub next_all: *mut Arena,
     pub prev_all: *mut Arena,
-    /// Entirely free and waiting for reuse in `FreeArenas` (linked
+    /// Entirely free and waiting for reuse (`Arenas::retire`, linked
     /// through `nextarena`/`prevarena`), since `freed_at` (ms).
     pub retired: bool,
     pub freed_at: u64,
@@ -112,54 +116,147 @@ impl Arena {
     }
 }
 
-/// Arenas whose pools are all free, kept for reuse: most recently freed
-/// first (they are in no tier, so their tier links serve here).
-pub struct FreeArenas(AgeList<Arena>);
+/// What is counted of arenas as they come and go.
+#[derive(Clone, Copy, Default)]
+pub struct ArenaCounters {
+    /// Arenas mapped now (free ones included).
+    pub arenas: usize,
+    pub arenas_allocated: usize,
+    pub arenas_reclaimed: usize,
+    pub arenas_highwater: usize,
+}
 
-impl FreeArenas {
+/// Every arena of the heap, from mapping to unmapping: the descriptors,
+/// the list of them all, and the entirely free ones kept for reuse (most
+/// recently freed first; they are in no tier, so their tier links serve
+/// here).
+pub struct Arenas {
+    records: Slab<Arena>,
+    all: *mut Arena,
+    retired: AgeList<Arena>,
+    pub counters: ArenaCounters,
+}
+
+impl Arenas {
     pub const fn new() -> Self {
-        FreeArenas(AgeList::new())
+        Arenas {
+            records: Slab::new(),
+            all: ptr::null_mut(),
+            retired: AgeList::new(),
+            counters: ArenaCounters { arenas: 0, arenas_allocated: 0, arenas_reclaimed: 0, arenas_highwater: 0 },
+        }
     }
 
-    pub fn count(&self) -> usize {
-        self.0.len
+    /// Makes an arena of the `ARENA_SIZE` bytes at `base`, fresh from the
+    /// OS and aligned to their size, once `enter` (which enters it in the
+    /// arena map) agrees. Null, and `base` unmapped, if no descriptor
+    /// could be had or `enter` refused.
+    pub fn add(&mut self, base: *mut u8, enter: impl FnOnce(*mut Arena) -> bool) -> *mut Arena {
+        let arena = self.records.alloc();
+        if arena.is_null() || !enter(arena) {
+            // SAFETY: base is a fresh mapping nobody uses; the record (if
+            // any) was just allocated.
+            unsafe {
+                os::unmap(base, ARENA_SIZE);
+                if !arena.is_null() {
+                    self.records.free(arena);
+                }
+            }
+            return ptr::null_mut();
+        }
+        // SAFETY: the slot is ours; pool headers are written as pools are born.
+        unsafe {
+            let a = &mut *arena;
+            a.base = base;
+            a.dirty_end = 0;
+            a.retired = false;
+            a.freed_at = 0;
+            a.prev_all = ptr::null_mut();
+            a.next_all = self.all;
+            if let Some(next) = self.all.as_mut() {
+                next.prev_all = arena;
+            }
+        }
+        self.all = arena;
+        let c = &mut self.counters;
+        c.arenas += 1;
+        c.arenas_allocated += 1;
+        c.arenas_highwater = c.arenas_highwater.max(c.arenas);
+        arena
     }
 
-    pub fn push(&mut self, arena: &mut Arena, now: u64) {
+    /// Keeps an arena whose pools are all free for reuse, stamped `now`.
+    pub fn retire(&mut self, arena: &mut Arena, now: u64) {
         debug_assert!(!arena.retired);
         arena.retired = true;
         arena.freed_at = now;
-        self.0.push_newest(arena);
+        self.retired.push_newest(arena);
     }
 
-    /// The most recently freed arena that `wanted`, taken off the list.
-    pub fn pop_newest(&mut self, wanted: impl Fn(&Arena) -> bool) -> Option<*mut Arena> {
-        // SAFETY: listed arenas are live descriptors.
-        let arena = unsafe { self.0.find_newest(|a| wanted(a)).as_mut()? };
-        self.unlink(arena);
+    /// The most recently retired arena that `wanted`, taken back.
+    pub fn take_retired(&mut self, wanted: impl Fn(&Arena) -> bool) -> Option<*mut Arena> {
+        // SAFETY: retired arenas are live descriptors.
+        let arena = unsafe { self.retired.find_newest(|a| wanted(a)).as_mut()? };
+        self.unretire(arena);
         Some(arena)
     }
 
-    /// The oldest arena if it was freed at or before `cutoff`, taken off
-    /// the list.
-    pub fn pop_older(&mut self, cutoff: u64) -> Option<*mut Arena> {
-        // SAFETY: listed arenas are live descriptors.
-        let arena = unsafe { self.0.oldest().as_mut()? };
+    /// The oldest retired arena if it was retired at or before `cutoff`
+    /// (ms), taken back for the caller to unmap.
+    pub fn take_decayed(&mut self, cutoff: u64) -> Option<*mut Arena> {
+        // SAFETY: retired arenas are live descriptors.
+        let arena = unsafe { self.retired.oldest().as_mut()? };
         if arena.freed_at > cutoff {
             return None;
         }
-        self.unlink(arena);
+        self.unretire(arena);
         Some(arena)
     }
 
-    fn unlink(&mut self, arena: &mut Arena) {
-        self.0.unlink(arena);
+    fn unretire(&mut self, arena: &mut Arena) {
+        self.retired.unlink(arena);
         arena.retired = false;
+    }
+
+    /// Arenas retired and kept for reuse.
+    pub fn retired_count(&self) -> usize {
+        self.retired.len
+    }
+
+    /// Gives an arena with no live pool, out of the arena map and of
+    /// every list but the list of all, back to the OS.
+    pub fn unmap(&mut self, arena: &mut Arena) {
+        // SAFETY: all-list neighbours are live descriptors.
+        unsafe {
+            match arena.prev_all.as_mut() {
+                Some(prev) => prev.next_all = arena.next_all,
+                None => self.all = arena.next_all,
+            }
+            if let Some(next) = arena.next_all.as_mut() {
+                next.prev_all = arena.prev_all;
+            }
+        }
+        self.counters.arenas -= 1;
+        self.counters.arenas_reclaimed += 1;
+        // SAFETY: nothing refers to the arena any more.
+        unsafe {
+            os::unmap(arena.base, ARENA_SIZE);
+            self.records.free(arena);
+        }
+    }
+
+    /// Calls `f` on every arena, retired ones included.
+    pub fn for_each(&self, mut f: impl FnMut(&Arena)) {
+        let mut cur = self.all;
+        // SAFETY: the all-arena list holds live descriptors.
+        while let Some(arena) = unsafe { cur.as_ref() } {
+            f(arena);
+            cur = arena.next_all;
+        }
     }
 }
 
-/// In a tier's usable list or among the free arenas: `prevarena` is
-/// newer, `nextarena` older.
+/// Among the retired arenas: `prevarena` is newer, `nextarena` older.
 impl Linked for Arena {
     fn links(&mut self) -> (&mut *mut Self, &mut *mut Self) {
         (&mut self.prevarena, &mut self.nextarena)

@@ -15,7 +15,7 @@ impl Heap {
     /// Costs a pass over every pool: for tests and explicit checks.
     pub fn check(&self) -> Result<(), &'static str> {
         let mut result = Ok(());
-        self.for_each_arena(|arena| {
+        self.arenas().for_each(|arena| {
             if result.is_ok() {
                 result = self.check_arena(arena);
             }

@@ -10,7 +10,7 @@ use core::ptr;
 
 use lock_api::{Mutex, MutexGuard, RawMutex};
 
-use crate::arena::{Arena, FreeArenas, Tier};
+use crate::arena::{Arena, Arenas, Tier};
 use crate::arena_map::{ArenaMap, Owner};
 use crate::fault::Fault;
 use crate::hardening::Secret;
@@ -26,7 +26,6 @@ use crate::pool::Pool;
 use crate::config;
 use crate::purge::{self, DirtyPools, TICK_FREES};
 use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_of};
-use crate::slab::Slab;
 
 /// The one heap of the process and its lock.
 pub static HEAP: Mutex<FutexMutex, Heap> = Mutex::from_raw(FutexMutex::INIT, Heap::new());
@@ -43,37 +42,6 @@ pub struct Block {
 
 impl Block {
     const NONE: Block = Block { ptr: ptr::null_mut(), zeroed: false };
-}
-
-/// What the heap counts as it changes, under its lock (the rest of the
-/// statistics are counted by walking the heap, or by `os`).
-#[derive(Clone, Copy, Default)]
-pub struct Counters {
-    /// Arenas mapped now (free ones included).
-    pub arenas: usize,
-    pub arenas_allocated: usize,
-    pub arenas_reclaimed: usize,
-    pub arenas_highwater: usize,
-}
-
-impl Counters {
-    pub const ZERO: Counters = Counters {
-        arenas: 0,
-        arenas_allocated: 0,
-        arenas_reclaimed: 0,
-        arenas_highwater: 0,
-    };
-
-    pub fn arena_mapped(&mut self) {
-        self.arenas += 1;
-        self.arenas_allocated += 1;
-        self.arenas_highwater = self.arenas_highwater.max(self.arenas);
-    }
-
-    pub fn arena_unmapped(&mut self) {
-        self.arenas -= 1;
-        self.arenas_reclaimed += 1;
-    }
 }
 
 /// Where a live block lives.
@@ -104,19 +72,14 @@ pub struct Heap {
     /// Mangles free-list links; drawn when the first arena is mapped.
     secret: Secret,
     tiers: [Tier; TIER_COUNT],
-    /// Entirely free arenas kept for reuse until they decay (`purge`).
-    free_arenas: FreeArenas,
     /// Empty pools of live arenas still holding their pages.
     dirty_pools: DirtyPools,
-    /// Every arena, free ones included.
-    all_arenas: *mut Arena,
     /// Set when an allocation found a free list corrupted (`fault` says
     /// how). Not an `Option`, so that a new heap is all zero bytes and
     /// its static lives in `.bss`, where only the pages touched count.
     has_fault: bool,
     fault: Fault,
-    pub counters: Counters,
-    arena_records: Slab<Arena>,
+    arenas: Arenas,
     large: Large,
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
@@ -135,16 +98,13 @@ impl Heap {
             usedpools: [ptr::null_mut(); NUM_CLASSES],
             kept: [ptr::null_mut(); NUM_CLASSES],
             tiers: [const { Tier::new() }; TIER_COUNT],
-            free_arenas: FreeArenas::new(),
             dirty_pools: DirtyPools::new(),
-            all_arenas: ptr::null_mut(),
             map: ArenaMap::new(),
-            arena_records: Slab::new(),
+            arenas: Arenas::new(),
             large: Large::new(),
             secret: Secret::UNSET,
             has_fault: false,
             fault: Fault::InvalidPointer,
-            counters: Counters::ZERO,
             clock: 0,
             frees_since_tick: 0,
         }
@@ -486,11 +446,12 @@ impl Heap {
             }
             released = true;
         }
-        while let Some(arena) = self.free_arenas.pop_older(cutoff) {
-            // SAFETY: free arenas are live descriptors in no other list.
+        while let Some(arena) = self.arenas.take_decayed(cutoff) {
+            // SAFETY: retired arenas are live descriptors in no other list.
             let arena = unsafe { &mut *arena };
             self.forget_pools(arena);
-            self.unmap_arena(arena);
+            self.map.remove(arena.base as usize, ARENA_SIZE);
+            self.arenas.unmap(arena);
             released = true;
         }
         released | self.large.release(cutoff)
@@ -525,7 +486,7 @@ impl Heap {
     /// (for the debug mode's heap check).
     pub fn for_each_live_block(&self, mut f: impl FnMut(*mut u8, usize, usize)) {
         const WORDS: usize = POOL_SIZE / MIN_ALIGN / 64;
-        self.for_each_arena(|arena| {
+        self.arenas.for_each(|arena| {
             for pool in arena.pools.iter().take(arena.next_unused.get() as usize) {
                 let size = pool.block_size as usize;
                 if pool.ref_count.get() == 0 || arena.retired || size == 0 {
@@ -739,7 +700,9 @@ impl Heap {
         // SAFETY: a pool's arena outlives it.
         let arena = unsafe { &mut *self.arena_of(pool) };
         if self.tier_mut(arena.tier as usize).return_pool(arena, pool) {
-            self.retire_arena(arena);
+            // Kept for reuse until it decays (its dirty pools decay one by
+            // one meanwhile).
+            self.arenas.retire(arena, self.clock);
         }
     }
 
@@ -748,12 +711,12 @@ impl Heap {
     /// else a free arena of another tier, decommitted and cut anew, else a
     /// new mapping.
     fn add_arena(&mut self, tier: usize) -> bool {
-        if let Some(arena) = self.free_arenas.pop_newest(|a| a.tier as usize == tier) {
+        if let Some(arena) = self.arenas.take_retired(|a| a.tier as usize == tier) {
             // SAFETY: free arenas are live and in no tier.
             self.tier_mut(tier).add_free_arena(unsafe { &mut *arena });
             return true;
         }
-        let arena = match self.free_arenas.pop_newest(|_| true) {
+        let arena = match self.arenas.take_retired(|_| true) {
             Some(arena) => {
                 // SAFETY: as above.
                 let a = unsafe { &mut *arena };
@@ -806,7 +769,7 @@ impl Heap {
     /// Whether releasing the reserves frees the address space that a
     /// mapping of `len` bytes aligned to `align` needs.
     fn could_make_room(&self, len: usize, align: usize) -> bool {
-        let reserves = self.free_arenas.count() * ARENA_SIZE + self.large.reserve_bytes();
+        let reserves = self.arenas.retired_count() * ARENA_SIZE + self.large.reserve_bytes();
         os::span_needed(len, align).is_some_and(|span| span <= reserves)
     }
 
@@ -817,6 +780,7 @@ impl Heap {
         self.purge(u64::MAX)
     }
 
+    /// A new arena, from a fresh mapping; null when out of memory.
     fn map_arena(&mut self) -> *mut Arena {
         self.secret.ensure();
         self.start_clock();
@@ -824,67 +788,15 @@ impl Heap {
         if base.is_null() {
             return ptr::null_mut();
         }
-        let arena = self.arena_records.alloc();
-        if arena.is_null() || !self.map.insert(base as usize, ARENA_SIZE, Owner::Arena(arena)) {
-            // SAFETY: base was mapped just above and is unused; the record
-            // (if any) was just allocated.
-            unsafe {
-                os::unmap(base, ARENA_SIZE);
-                if !arena.is_null() {
-                    self.arena_records.free(arena);
-                }
-            }
-            return ptr::null_mut();
-        }
-        // SAFETY: the slot is ours; pool headers are written as pools are born.
-        unsafe {
-            let a = &mut *arena;
-            a.base = base;
-            a.dirty_end = 0;
-            a.retired = false;
-            a.freed_at = 0;
-            a.prev_all = ptr::null_mut();
-            a.next_all = self.all_arenas;
-            if let Some(next) = self.all_arenas.as_mut() {
-                next.prev_all = arena;
-            }
-        }
-        self.all_arenas = arena;
-        self.counters.arena_mapped();
-        arena
-    }
-
-    /// Keeps an arena whose pools are all free for reuse, until it decays
-    /// (its dirty pools decay one by one meanwhile).
-    fn retire_arena(&mut self, arena: &mut Arena) {
-        self.free_arenas.push(arena, self.clock);
-    }
-
-    fn unmap_arena(&mut self, arena: &mut Arena) {
-        // SAFETY: all-list neighbours are live descriptors.
-        unsafe {
-            match arena.prev_all.as_mut() {
-                Some(prev) => prev.next_all = arena.next_all,
-                None => self.all_arenas = arena.next_all,
-            }
-            if let Some(next) = arena.next_all.as_mut() {
-                next.prev_all = arena.prev_all;
-            }
-        }
-        self.map.remove(arena.base as usize, ARENA_SIZE);
-        self.counters.arena_unmapped();
-        // SAFETY: every pool is free, nothing refers to the arena any more.
-        unsafe {
-            os::unmap(arena.base, ARENA_SIZE);
-            self.arena_records.free(arena);
-        }
+        let map = &mut self.map;
+        self.arenas.add(base, |arena| map.insert(base as usize, ARENA_SIZE, Owner::Arena(arena)))
     }
 
     /// A large block (`Large::alloc`), or a null block.
     fn alloc_large(&mut self, n: usize, align: usize) -> Block {
         self.start_clock();
         let found = self.with_room(|heap| {
-            let other_reserves = heap.free_arenas.count() * ARENA_SIZE;
+            let other_reserves = heap.arenas.retired_count() * ARENA_SIZE;
             heap.large.alloc(n, align, &mut heap.map, heap.clock, other_reserves)
         });
         match found.flatten() {
@@ -933,15 +845,8 @@ impl Heap {
         self.release_reserves()
     }
 
-    /// Calls `f` on every arena (free ones included) - for statistics and
-    /// invariant checks.
-    pub fn for_each_arena(&self, mut f: impl FnMut(&Arena)) {
-        let mut cur = self.all_arenas;
-        // SAFETY: the all-arena list holds live descriptors.
-        while let Some(arena) = unsafe { cur.as_ref() } {
-            f(arena);
-            cur = arena.next_all;
-        }
+    pub fn arenas(&self) -> &Arenas {
+        &self.arenas
     }
 
     pub fn map(&self) -> &ArenaMap {
@@ -968,11 +873,6 @@ impl Heap {
 
     pub fn large(&self) -> &Large {
         &self.large
-    }
-
-    #[cfg(test)]
-    pub fn free_arena_count(&self) -> usize {
-        self.free_arenas.count()
     }
 
     pub fn secret(&self) -> Secret {

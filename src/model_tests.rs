@@ -42,7 +42,7 @@ fn new_heap() -> Box<Heap> {
 fn assert_only_kept_pools_held(heap: &Heap) {
     // SAFETY: kept pools are live pool headers.
     let kept = (0..NUM_CLASSES).filter(|&c| unsafe { heap.kept_pool(c).as_ref() }.is_some_and(|p| p.ref_count.get() == 0)).count();
-    let held = heap.counters.arenas - heap.free_arena_count();
+    let held = heap.arenas().counters.arenas - heap.arenas().retired_count();
     assert!(held <= kept, "{held} arenas in use with no live block, {kept} kept pools");
 }
 
@@ -180,7 +180,7 @@ fn run_model(seed: u64, steps: usize) {
     assert_only_kept_pools_held(&heap);
     assert_eq!(heap.large().blocks, 0);
     heap.trim();
-    assert_eq!(heap.counters.arenas, 0);
+    assert_eq!(heap.arenas().counters.arenas, 0);
     heap.check().unwrap();
 }
 
@@ -339,7 +339,7 @@ fn empty_arenas_go_back_to_the_os() {
     for i in 0..200_000 {
         blocks.push(heap.alloc(16 + (i % 32) * 16).ptr);
     }
-    let peak = heap.counters.arenas;
+    let peak = heap.arenas().counters.arenas;
     assert!(peak * ARENA_SIZE >= 200_000 * 16);
     // Free in an interleaved order so that arenas empty at different times.
     for parity in 0..2 {
@@ -355,7 +355,7 @@ fn empty_arenas_go_back_to_the_os() {
     assert!(!heap.purge(0));
     assert!(heap.purge(u64::MAX));
     heap.check().unwrap();
-    assert_eq!(heap.counters.arenas, 0);
+    assert_eq!(heap.arenas().counters.arenas, 0);
 }
 
 #[test]
@@ -363,7 +363,7 @@ fn freed_memory_is_reused_before_it_decays() {
     let mut heap = new_heap();
     let blocks: Vec<_> = (0..10_000).map(|i| heap.alloc(16 + (i % 32) * 16).ptr).collect();
     let big = heap.alloc(1 << 20).ptr;
-    let arenas = heap.counters.arenas;
+    let arenas = heap.arenas().counters.arenas;
     for p in &blocks {
         heap.free(*p).unwrap();
     }
@@ -373,7 +373,7 @@ fn freed_memory_is_reused_before_it_decays() {
     // cached mapping comes back.
     let again: Vec<_> = (0..10_000).map(|i| heap.alloc(16 + (i % 32) * 16).ptr).collect();
     let big_again = heap.alloc(1 << 20).ptr;
-    assert_eq!(heap.counters.arenas, arenas);
+    assert_eq!(heap.arenas().counters.arenas, arenas);
     assert_eq!(big_again, big);
     heap.check().unwrap();
     for p in again.iter().step_by(2) {
@@ -396,7 +396,7 @@ fn an_emptied_pool_is_kept_until_it_decays() {
     let a = heap.alloc(48).ptr;
     heap.free(a).unwrap();
     // Kept: the arena stays, and the next block of the class is the same.
-    assert_eq!(heap.free_arena_count(), 0);
+    assert_eq!(heap.arenas().retired_count(), 0);
     heap.check().unwrap();
     let b = heap.alloc(48).ptr;
     assert_eq!(a, b);
@@ -417,7 +417,7 @@ fn an_emptied_pool_is_kept_until_it_decays() {
     assert!(heap.purge(u64::MAX));
     heap.check().unwrap();
     assert!(heap.kept_pool(crate::size_class::class_of(48)).is_null());
-    assert_eq!(heap.counters.arenas, 0);
+    assert_eq!(heap.arenas().counters.arenas, 0);
 }
 
 #[test]

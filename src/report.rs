@@ -149,7 +149,7 @@ pub fn print_text(fd: i32) {
 /// Writes the JSON report to `fd`, with as many arenas as a scratch
 /// mapping sized just before taking the lock can hold.
 pub fn print_json(fd: i32) {
-    let room = HEAP.lock().counters.arenas + 8;
+    let room = HEAP.lock().arenas().counters.arenas + 8;
     let len = os::page_round_up(room * core::mem::size_of::<ArenaDetail>());
     let buf = os::map_scratch(len).cast::<ArenaDetail>();
     let details: &mut [ArenaDetail] = if buf.is_null() {

@@ -55,7 +55,7 @@ pub struct Snapshot {
 
 impl Snapshot {
     pub fn of(heap: &Heap, quarantine: &Quarantine) -> Snapshot {
-        let c = &heap.counters;
+        let c = &heap.arenas().counters;
         let large = heap.large();
         let (cache, regions) = (large.cache(), large.regions());
         let mut t = Totals {
@@ -75,7 +75,7 @@ impl Snapshot {
         };
         let mut classes = [ClassStats::default(); NUM_CLASSES];
         let mut free_pools = 0;
-        heap.for_each_arena(|arena| {
+        heap.arenas().for_each(|arena| {
             if arena.retired {
                 t.free_arena_bytes += ARENA_SIZE;
                 return;
@@ -294,7 +294,7 @@ impl PoolDetail {
 pub fn collect_detail(heap: &Heap, out: &mut [ArenaDetail]) -> (usize, bool) {
     let mut n = 0;
     let mut truncated = false;
-    heap.for_each_arena(|arena| {
+    heap.arenas().for_each(|arena| {
         let Some(slot) = out.get_mut(n) else {
             truncated = true;
             return;
@@ -341,7 +341,7 @@ mod tests {
         adds_up(&s.totals);
         assert_eq!(s.totals.large_blocks, 1);
         assert_eq!(s.totals.blocks_in_use, live.len());
-        let detail_room = heap.counters.arenas;
+        let detail_room = heap.arenas().counters.arenas;
         let mut detail = vec![
             ArenaDetail { base: 0, pool_size: 0, npools: 0, free: false, pools: [PoolDetail::default(); MAX_POOLS_PER_ARENA] };
             detail_room
