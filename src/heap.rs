@@ -1,6 +1,12 @@
-//! The heap: every size class, arena and large block, behind the global
-//! lock (`HEAP`). Each method is one operation of the C API minus argument
-//! checks and `errno`, which stay in `abi`.
+//! The heap, behind the global lock (`HEAP`): it dispatches each request
+//! by size, to a class's pools or to the large blocks (`large`), keeps
+//! the per-class lists of used pools, finds the block a pointer names
+//! (the arena map), and keeps the clock by which what is freed decays
+//! (`purge`). Arenas come and go through `arena`'s `Arenas`. When the OS
+//! refuses a mapping, the heap, which sees every reserve, gives them back
+//! if that can make room, and asks once more. Each public method is one
+//! operation of the C API minus argument checks and `errno`, which stay
+//! in `abi`.
 //!
 //! Nothing here allocates through `malloc`, touches thread-local storage
 //! (except libc's `errno`, inside `os`) or prints: it all runs with the
@@ -12,18 +18,16 @@ use lock_api::{Mutex, MutexGuard, RawMutex};
 
 use crate::arena::{Arena, Arenas, Tier};
 use crate::arena_map::{ArenaMap, Owner};
+use crate::config;
 use crate::fault::Fault;
+use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT};
 use crate::hardening::Secret;
-use crate::geometry::{
-    ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT,
-};
 use crate::large::{Large, NoSpace};
 pub use crate::large::Resize;
 use crate::large_block::LargeBlock;
 use crate::lock::FutexMutex;
 use crate::os;
 use crate::pool::Pool;
-use crate::config;
 use crate::purge::{self, DirtyPools, TICK_FREES};
 use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_of};
 
@@ -818,12 +822,21 @@ impl Heap {
     /// Runs `op`, an operation on large blocks. When the OS refused it a
     /// mapping and releasing the reserves can make room for that mapping,
     /// releases them and runs it once more; None if it still failed.
+    #[inline(always)]
     fn with_room<T>(&mut self, mut op: impl FnMut(&mut Self) -> Result<T, NoSpace>) -> Option<T> {
         match op(self) {
             Ok(result) => Some(result),
-            Err(NoSpace { len, align }) if self.could_make_room(len, align) && self.release_reserves() => op(self).ok(),
-            Err(_) => None,
+            Err(refused) => self.retry_with_room(refused, op),
         }
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn retry_with_room<T>(&mut self, refused: NoSpace, mut op: impl FnMut(&mut Self) -> Result<T, NoSpace>) -> Option<T> {
+        if self.could_make_room(refused.len, refused.align) && self.release_reserves() {
+            return op(self).ok();
+        }
+        None
     }
 
     /// The time stamp of a large block freed now: read anew (a large free
