@@ -86,33 +86,6 @@ fn alloc_general(n: usize, function: &str) -> *mut c_void {
     alloc(n, function)
 }
 
-/// `free`: the fast path (`Heap::free_fast`) as for `malloc_fast`, else
-/// the general one.
-#[inline(always)]
-pub(crate) fn free_fast(p: *mut c_void, function: &str) {
-    if p.is_null() {
-        return;
-    }
-    if let Some(cache) = thread_cache::current() {
-        if cache.free(p.cast()) {
-            return;
-        }
-    }
-    if config::fast_paths() {
-        if let Some(mut heap) = HEAP.try_lock() {
-            if heap.free_fast(p.cast()) {
-                return;
-            }
-        }
-    }
-    release_general(p, function)
-}
-
-#[inline(never)]
-fn release_general(p: *mut c_void, function: &str) {
-    release(p, function)
-}
-
 /// A block of `n` bytes for `function`, or null with ENOMEM.
 #[inline(always)]
 fn alloc(n: usize, function: &str) -> *mut c_void {
@@ -142,6 +115,35 @@ fn alloc_aligned(align: usize, n: usize, function: &str) -> *mut c_void {
     block.ptr.cast()
 }
 
+/// `free`: the fast path (`Heap::free_fast`) as for `malloc_fast`, else
+/// the general one.
+#[inline(always)]
+pub(crate) fn free_fast(p: *mut c_void, function: &str) {
+    if p.is_null() {
+        return;
+    }
+    if let Some(cache) = thread_cache::current() {
+        if cache.free(p.cast()) {
+            return;
+        }
+    }
+    if config::fast_paths() {
+        if let Some(mut heap) = HEAP.try_lock() {
+            if heap.free_fast(p.cast()) {
+                return;
+            }
+        }
+    }
+    release_general(p, function)
+}
+
+#[inline(never)]
+fn release_general(p: *mut c_void, function: &str) {
+    release(p, function)
+}
+
+/// The general path of `free`: the debug layer, or the heap under its
+/// lock; a fault is reported once the lock is released.
 #[inline(always)]
 fn release(p: *mut c_void, function: &str) {
     if p.is_null() {

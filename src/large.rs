@@ -4,12 +4,11 @@
 //! block is a span of a region (`region`); above, a private mapping of
 //! its own, starting at the block.
 //!
-//! Freed mappings wait in a small cache
-//! (most recent first) so that a program that repeatedly allocates and
-//! frees big buffers does not pay page faults each time: a request takes
-//! the cached mapping that fits it best, trimmed or grown with `mremap`
-//! (which keeps its pages), and mappings unused for `PYMALLOC_DECAY_MS` go
-//! back to the OS.
+//! Freed mappings wait in a small cache (most recent first) so that a
+//! program that repeatedly allocates and frees big buffers does not pay
+//! page faults each time: a request takes the cached mapping that fits it
+//! best, trimmed or grown with `mremap` (which keeps its pages), and
+//! mappings unused for `PYMALLOC_DECAY_MS` go back to the OS.
 //!
 //! How much the cache keeps is learned, as glibc learns its mmap
 //! threshold: twice the largest mapping freed lately (or a quarter of the
@@ -23,9 +22,10 @@
 //! address the program knew is unmapped and a stale pointer faults, as
 //! after glibc's `munmap`.
 //!
-//! When the OS refuses a mapping, an operation returns `NoSpace` having
-//! changed nothing that matters: the heap, which sees every reserve,
-//! releases them if that can make room and asks once more.
+//! When the OS refuses a mapping, an operation returns `NoSpace` with
+//! every live block as it was: the heap, which sees every reserve
+//! (`reserve_bytes` here, free arenas there), releases them if that can
+//! make room and asks once more (`Heap::with_room`).
 
 use core::ptr;
 

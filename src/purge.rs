@@ -6,11 +6,16 @@
 //! Memory that stays unused for `PYMALLOC_DECAY_MS` (250 ms by default)
 //! goes back to the OS:
 //!
-//! | kept                                  | returned by                         |
-//! |---------------------------------------|-------------------------------------|
-//! | empty pools of live arenas (dirty)    | `MADV_DONTNEED` (the pool stays)    |
-//! | entirely free arenas                  | `munmap`                            |
-//! | freed large mappings (`large` cache)  | `munmap`                            |
+//! | kept                                      | returned by                      | owner            |
+//! |-------------------------------------------|----------------------------------|------------------|
+//! | each class's last emptied pool (kept)     | `MADV_DONTNEED`, then its arena  | `heap`           |
+//! | empty pools of live arenas (dirty)        | `MADV_DONTNEED` (the pool stays) | `heap`, here     |
+//! | entirely free arenas (retired)            | `munmap`                         | `arena::Arenas`  |
+//! | freed large mappings (the cache)          | `munmap`                         | `large::Large`   |
+//! | free spans' pages; regions with no block  | `MADV_DONTNEED`; `munmap`        | `large::Large`   |
+//!
+//! `Heap::purge` asks each owner in turn; every list it pops is ordered
+//! by age (`list::AgeList`), so what has decayed is found at one end.
 //!
 //! The clock is read only every `TICK_FREES` calls to `free` (one counter
 //! decrement on the fast path; `CLOCK_MONOTONIC_COARSE` is served by the
