@@ -53,15 +53,17 @@
 //!           debug_mode          quarantine (guarded by the heap lock)
 //!  heap     check, heap         the one lock (HEAP); dispatch by size;
 //!                               the per-class pool lists; the clock;
-//!                               releasing reserves when the OS refuses
+//!                               releasing reserves when the OS refuses;
+//!                               the invariant walk (check)
 //!  parts    purge               when freed memory goes back (DirtyPools)
 //!           large, region       large blocks: mappings, their cache and
 //!                               the regions' spans, from allocation to
 //!                               release (Large); free spans' bins
 //!           arena_map,          address -> arena or large descriptor
 //!           large_block         a large block's descriptor
-//!           arena, pool         arenas and their tiers, free arenas;
-//!                               pools and their blocks
+//!           arena, pool         arenas from mapping to unmapping
+//!                               (Arenas) and their tiers' lists; pools
+//!                               and their blocks
 //!  system   config, list,       PYMALLOC_* options; lists by age; heap
 //!           fault, print,       faults and their one-line report; printing
 //!           lock, slab, os,     without allocating; the futex lock;
