@@ -799,10 +799,7 @@ impl Heap {
     /// A large block (`Large::alloc`), or a null block.
     fn alloc_large(&mut self, n: usize, align: usize) -> Block {
         self.start_clock();
-        let found = self.with_room(|heap| {
-            let other_reserves = heap.arenas.retired_count() * ARENA_SIZE;
-            heap.large.alloc(n, align, &mut heap.map, heap.clock, other_reserves)
-        });
+        let found = self.with_room(|heap| heap.large.alloc(n, align, &mut heap.map, heap.clock));
         match found.flatten() {
             Some((ptr, zeroed)) => Block { ptr, zeroed },
             None => Block::NONE,

@@ -129,17 +129,9 @@ impl Large {
     ///
     /// Enters the block in `map`; returns it and whether it reads as zero.
     /// None when nothing can serve it now; `NoSpace` when the OS refused
-    /// a mapping, with the heap's `other_reserves` (bytes of address space
-    /// besides ours) not yet released. `clock` stamps what goes back into
-    /// the cache.
-    pub fn alloc(
-        &mut self,
-        n: usize,
-        align: usize,
-        map: &mut ArenaMap,
-        clock: u64,
-        other_reserves: usize,
-    ) -> Result<Option<(*mut u8, bool)>, NoSpace> {
+    /// a mapping (or to grow a cached one). `clock` stamps what goes back
+    /// into the cache.
+    pub fn alloc(&mut self, n: usize, align: usize, map: &mut ArenaMap, clock: u64) -> Result<Option<(*mut u8, bool)>, NoSpace> {
         if n > MAX_REQUEST {
             return Ok(None);
         }
@@ -147,7 +139,7 @@ impl Large {
         let found = if align <= PAGE_SIZE && len <= region::SPAN_MAX {
             self.take_span(len)?
         } else {
-            self.take_mapping(len, align, clock, other_reserves)?
+            self.take_mapping(len, align, clock)?
         };
         let Some((block, zeroed)) = found else {
             return Ok(None);
@@ -166,17 +158,9 @@ impl Large {
     /// A mapping of its own for a block of `len` bytes aligned to `align`:
     /// a cached one if any serves, else a new one. Also whether it reads
     /// as zero.
-    fn take_mapping(
-        &mut self,
-        len: usize,
-        align: usize,
-        clock: u64,
-        other_reserves: usize,
-    ) -> Result<Option<(*mut LargeBlock, bool)>, NoSpace> {
-        match self.reuse_cached(len, align, clock, other_reserves) {
-            Ok(Some(block)) => return Ok(Some((block, false))),
-            Ok(None) => {}
-            Err(()) => return Ok(None),
+    fn take_mapping(&mut self, len: usize, align: usize, clock: u64) -> Result<Option<(*mut LargeBlock, bool)>, NoSpace> {
+        if let Some(block) = self.reuse_cached(len, align, clock)? {
+            return Ok(Some((block, false)));
         }
         // Aligned as `move_away` will move it when it is freed.
         let base = map_os(len, align.max(MOVE_ALIGN))?;
@@ -193,16 +177,9 @@ impl Large {
 
     /// A cached mapping made `len` bytes long: one much longer is split
     /// and its tail cached again, one too short is grown with `mremap`
-    /// (which keeps its pages). None if none serves; Err if growing one
-    /// failed and releasing the reserves cannot make room for `len` bytes
-    /// either: then no mapping can serve the request now.
-    fn reuse_cached(
-        &mut self,
-        len: usize,
-        align: usize,
-        clock: u64,
-        other_reserves: usize,
-    ) -> Result<Option<*mut LargeBlock>, ()> {
+    /// (which keeps its pages). None if none serves; `NoSpace` if growing
+    /// one failed (it stays cached).
+    fn reuse_cached(&mut self, len: usize, align: usize, clock: u64) -> Result<Option<*mut LargeBlock>, NoSpace> {
         // SAFETY: the cache hands out live descriptors it let go of.
         let Some(b) = self.cache.take(len, align).map(|b| unsafe { &mut *b }) else {
             return Ok(None);
@@ -220,8 +197,7 @@ impl Large {
                 // Still cached: a request that fails leaves the heap as it was.
                 let evicted = self.cache.insert(b, clock);
                 self.unmap_list(evicted);
-                let room = os::span_needed(len, align).is_some_and(|span| span <= self.reserve_bytes() + other_reserves);
-                return if room { Ok(None) } else { Err(()) };
+                return Err(NoSpace { len, align });
             }
             b.base = moved;
             b.len = len;
