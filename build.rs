@@ -10,9 +10,13 @@ use std::path::PathBuf;
 /// linked with `-lpymalloc` record the name `scripts/install` installs;
 /// and makes that name a link to the library in the build's own output
 /// directory, so they also run against the build tree (rpath).
-fn link_with_soname() {
+fn link_options() {
     let soname = format!("libpymalloc.so.{}", env::var("CARGO_PKG_VERSION_MAJOR").unwrap());
     println!("cargo:rustc-cdylib-link-arg=-Wl,-soname,{soname}");
+    // Once loaded, never unmapped: the library registers a pthread key
+    // destructor and fork handlers with libc, which would otherwise point
+    // into unmapped code after a `dlclose` (as other allocators do).
+    println!("cargo:rustc-cdylib-link-arg=-Wl,-z,nodelete");
     // OUT_DIR is target/<profile>/build/pymalloc-<hash>/out.
     let out_dir = PathBuf::from(env::var("OUT_DIR").unwrap());
     if let Some(profile_dir) = out_dir.ancestors().nth(3) {
@@ -61,7 +65,7 @@ fn main() {
     if env::var_os("PYMALLOC_BLESS_HEADER").is_some() {
         std::fs::copy(&out, crate_dir.join("include/pymalloc.h")).expect("writing include/pymalloc.h");
     }
-    link_with_soname();
+    link_options();
     println!("cargo:rerun-if-changed=src");
     println!("cargo:rerun-if-changed=cbindgen.toml");
     println!("cargo:rerun-if-env-changed=PYMALLOC_BLESS_HEADER");

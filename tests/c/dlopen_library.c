@@ -3,10 +3,13 @@
  * functions, called through dlsym from the main thread and from other
  * threads (so that thread caches are made, used and flushed at thread
  * exit), work; the heap checks out at the end. The process's own malloc
- * stays glibc's.
+ * stays glibc's. Then a thread that has a cache outlives dlclose: the
+ * library stays mapped (it is linked -z nodelete), so the key destructor
+ * that flushes the cache at the thread's exit still has its code.
  *   dlopen_library /path/to/libpymalloc.so */
 #include <dlfcn.h>
 #include <pthread.h>
+#include <semaphore.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -38,6 +41,21 @@ static void *worker(void *arg) {
     return NULL;
 }
 
+static sem_t used, closed;
+
+/* Allocates through the library (so it gets a cache and the library's
+   key destructor), then waits until main has closed the library, then
+   exits: the destructor runs after dlclose. */
+static void *lingering(void *arg) {
+    (void)arg;
+    void *p[64];
+    for (int i = 0; i < 64; i++) p[i] = lib_malloc(16 + i * 8);
+    for (int i = 0; i < 64; i++) lib_free(p[i]);
+    sem_post(&used);
+    sem_wait(&closed);
+    return NULL;
+}
+
 int main(int argc, char **argv) {
     if (argc != 2) { fprintf(stderr, "usage: dlopen_library LIB\n"); return 2; }
     void *h = dlopen(argv[1], RTLD_NOW | RTLD_LOCAL);
@@ -64,6 +82,14 @@ int main(int argc, char **argv) {
                 st.thread_cache_blocks, st.blocks_in_use);
         return 1;
     }
+    sem_init(&used, 0, 0);
+    sem_init(&closed, 0, 0);
+    pthread_t late;
+    pthread_create(&late, NULL, lingering, NULL);
+    sem_wait(&used);
+    if (dlclose(h) != 0) { fprintf(stderr, "dlclose: %s\n", dlerror()); return 1; }
+    sem_post(&closed);
+    pthread_join(late, NULL);
     puts("ok");
     return 0;
 }
