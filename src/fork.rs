@@ -41,14 +41,23 @@
 //! recursive, so glibc's own `_IO_list_lock` then succeeds). With a single
 //! thread nobody can hold it, and it is left alone.
 //!
-//! glibc's `fork` serialises its handlers (its `atfork_lock` is held from
-//! the prepare handlers until the parent or child handlers end), so the
-//! flags below are written by one forking thread at a time.
-
-use core::sync::atomic::{AtomicBool, Ordering};
+//! # Several forks at once
+//!
+//! glibc (2.34 and later) runs the prepare handlers of different forking
+//! threads at the same time: it releases its `atfork_lock` around each
+//! handler. So what `prepare` took is kept per thread (a TLS word, see
+//! `tls`), and `prepare` never waits for the heap lock while it holds the
+//! stdio list lock: the heap lock's holder may be a thread whose signal
+//! handler is forking, waiting for the list lock in its own `prepare`
+//! (or in glibc's `fork` right after it). `prepare` takes the list lock,
+//! tries the heap lock for a while, and if it stays held, lets the list
+//! go, sleeps until the heap lock is free and starts again. A thread that
+//! already holds the heap lock takes neither (glibc's `fork` then takes
+//! the list lock itself).
 
 use crate::heap::HEAP;
-use crate::lock::single_threaded;
+use crate::lock::{FutexMutex, single_threaded};
+use crate::tls;
 
 unsafe extern "C" {
     /// glibc's stdio list lock (recursive), exported since 2.2.5.
@@ -57,41 +66,87 @@ unsafe extern "C" {
     fn _IO_list_resetlock();
 }
 
-/// Whether `prepare` took the heap lock (false: this thread already held it).
-static TOOK_HEAP: AtomicBool = AtomicBool::new(false);
-/// Whether `prepare` took glibc's stdio list lock.
-static TOOK_IO_LIST: AtomicBool = AtomicBool::new(false);
+/// What a `prepare` took, two bits of this thread's fork word (pushed by
+/// `prepare`, popped by `parent` or `child`, so that a handler that forks
+/// while its thread is between `prepare` and `parent` keeps both apart).
+const TOOK_HEAP: usize = 1;
+const TOOK_IO_LIST: usize = 2;
+const BITS: u32 = 2;
+
+/// Attempts at the heap lock while holding the stdio list lock, before
+/// letting the list go.
+const TRIES: u32 = 1000;
 
 extern "C" fn prepare() {
-    let multi = !single_threaded();
-    if multi {
-        // SAFETY: a plain (recursive) lock of glibc's; released in
-        // `parent`, reset in `child`.
-        unsafe { _IO_list_lock() };
-    }
-    TOOK_IO_LIST.store(multi, Ordering::Relaxed);
     // SAFETY: only the lock is touched, not the heap behind it.
     let raw = unsafe { HEAP.raw() };
-    let take = !raw.held_by_me();
-    if take {
+    let took = if raw.held_by_me() {
+        0
+    } else if single_threaded() {
+        // Nobody else can hold the list lock, nor the heap lock.
         raw.lock_strict();
+        TOOK_HEAP
+    } else {
+        loop {
+            // SAFETY: a plain (recursive) lock of glibc's; released below,
+            // in `parent`, or reset in `child`.
+            unsafe { _IO_list_lock() };
+            if try_for_a_while(raw) {
+                break TOOK_HEAP | TOOK_IO_LIST;
+            }
+            // SAFETY: taken just above by this thread.
+            unsafe { _IO_list_unlock() };
+            // Sleep until the heap lock is free, without the list lock.
+            raw.lock_strict();
+            // SAFETY: taken just above by this thread.
+            unsafe { raw.unlock_strict() };
+        }
+    };
+    // SAFETY: this thread's own word.
+    unsafe {
+        let state = tls::fork_state();
+        state.write(state.read() << BITS | took);
     }
-    TOOK_HEAP.store(take, Ordering::Relaxed);
+}
+
+/// Takes the heap lock if it comes free within `TRIES` attempts.
+fn try_for_a_while(raw: &FutexMutex) -> bool {
+    for _ in 0..TRIES {
+        if raw.try_lock_strict() {
+            return true;
+        }
+        core::hint::spin_loop();
+    }
+    false
+}
+
+/// What this thread's last `prepare` took, forgotten.
+fn took() -> usize {
+    // SAFETY: this thread's own word (the child's copy in a child).
+    unsafe {
+        let state = tls::fork_state();
+        let value = state.read();
+        state.write(value >> BITS);
+        value & ((1 << BITS) - 1)
+    }
 }
 
 extern "C" fn parent() {
-    if TOOK_HEAP.load(Ordering::Relaxed) {
+    let took = took();
+    if took & TOOK_HEAP != 0 {
         // SAFETY: `prepare` took the lock in this thread with lock_strict.
         unsafe { HEAP.raw().unlock_strict() };
     }
-    if TOOK_IO_LIST.load(Ordering::Relaxed) {
+    if took & TOOK_IO_LIST != 0 {
         // SAFETY: `prepare` took it in this thread.
         unsafe { _IO_list_unlock() };
     }
 }
 
 extern "C" fn child() {
-    if TOOK_HEAP.load(Ordering::Relaxed) {
+    let took = took();
+    let took_heap = took & TOOK_HEAP != 0;
+    if took_heap {
         // SAFETY: `prepare` took the heap lock in this thread: the heap is
         // consistent and ours alone.
         crate::thread_cache::reclaim_after_fork(unsafe { &mut *HEAP.data_ptr() });
@@ -99,8 +154,8 @@ extern "C" fn child() {
     // SAFETY: only the lock is touched. The child's only thread is this
     // one: it keeps the lock iff it held it before `prepare` (an
     // interrupted operation that will release it), else the lock is freed.
-    unsafe { HEAP.raw() }.reset_after_fork(!TOOK_HEAP.load(Ordering::Relaxed));
-    if TOOK_IO_LIST.load(Ordering::Relaxed) {
+    unsafe { HEAP.raw() }.reset_after_fork(!took_heap);
+    if took & TOOK_IO_LIST != 0 {
         // SAFETY: what glibc itself does in a child of a threaded parent;
         // the only thread left is this one, so nobody else holds it.
         unsafe { _IO_list_resetlock() };

@@ -515,20 +515,26 @@ impl Large {
         if len < b.len {
             let tail = self.records.alloc();
             if !tail.is_null() {
+                let freed = b.len - len;
                 // SAFETY: the slot is ours; the tail beyond `len` is ours
                 // and the caller gave it up.
                 unsafe {
-                    tail.write(LargeBlock::span(b.base.add(len), b.len - len, b.len - len, now));
-                    guard_span((*tail).base, (*tail).len, false); // best effort
+                    tail.write(LargeBlock::span(b.base.add(len), freed, freed, now));
+                    guard_span((*tail).base, freed, false); // best effort
                     self.split_off(b, &mut *tail);
                     self.release_span(&mut *tail);
                 }
-                self.bytes -= b.len - len;
+                self.bytes -= freed;
             }
             return Resize::Done(b.base);
         }
         if len == b.len {
             return Resize::Done(b.base);
+        }
+        if len > region::SPAN_MAX {
+            // Bigger blocks are mappings of their own, which fault once
+            // freed (a span's pages stay accessible).
+            return Resize::Move { usable: b.len };
         }
         // SAFETY: a span's neighbours are live descriptors of its region.
         let right = unsafe { b.right.as_mut() }.filter(|r| r.free && b.len + r.len >= len);

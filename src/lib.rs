@@ -66,10 +66,10 @@
 //!                               and their blocks
 //!  system   config, list,       PYMALLOC_* options; lists by age; heap
 //!           fault, print,       faults and their one-line report; printing
-//!           lock, slab, os,     without allocating; the futex lock;
-//!           hardening,          descriptor slabs; mmap and friends; link
-//!           size_class,         mangling; size classes and the geometry
-//!           geometry
+//!           lock, tls, slab,    without allocating; the futex lock; the
+//!           os, hardening,      thread-local words; descriptor slabs; mmap
+//!           size_class,         and friends; link mangling; size classes
+//!           geometry            and the geometry
 //! ```
 //!
 //! A `free` reads top to bottom: `abi::free` -> `thread_cache` (most
@@ -183,6 +183,7 @@ mod list;
 mod fault;
 mod print;
 mod lock;
+mod tls;
 mod slab;
 mod os;
 mod hardening;

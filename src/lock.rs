@@ -123,6 +123,13 @@ impl FutexMutex {
         }
     }
 
+    /// Takes the lock if it is free, whatever the thread count; true if
+    /// taken (release it with `unlock_strict`).
+    #[inline]
+    pub fn try_lock_strict(&self) -> bool {
+        self.state.compare_exchange(UNLOCKED, thread_pointer(), Ordering::Acquire, Ordering::Relaxed).is_ok()
+    }
+
     /// Releases a lock taken by `lock_strict`.
     ///
     /// # Safety
@@ -229,10 +236,7 @@ unsafe impl RawMutex for FutexMutex {
         if single_threaded() {
             return Some(Held(false));
         }
-        self.state
-            .compare_exchange(UNLOCKED, thread_pointer(), Ordering::Acquire, Ordering::Relaxed)
-            .ok()
-            .map(|_| Held(true))
+        self.try_lock_strict().then_some(Held(true))
     }
 
     #[inline(always)]

@@ -19,10 +19,9 @@
 //!
 //! # Finding the cache
 //!
-//! One pointer per thread, in initial-exec TLS (`pymalloc_thread_cache`,
-//! 8 bytes of `.tbss`): reaching it is a load of its offset from the GOT
-//! and a load relative to the thread pointer, never `__tls_get_addr`, so
-//! it cannot allocate. The pointer also encodes the thread's state:
+//! One pointer per thread, in initial-exec TLS (`tls`): reaching it is a
+//! load of its offset from the GOT and a load relative to the thread
+//! pointer, never `__tls_get_addr`, so it cannot allocate. The pointer also encodes the thread's state:
 //! `NONE` before its first call, `OFF` after it exited (or with the cache
 //! disabled), `CREATING` while the cache is being made.
 //!
@@ -77,6 +76,7 @@ use crate::lock::single_threaded;
 use crate::purge::{self, TICK_FREES};
 use crate::size_class::{NUM_CLASSES, class_info, class_of};
 use crate::slab::Slab;
+use crate::tls;
 
 /// Largest request served by the caches; bigger ones go to the heap.
 pub const CACHE_MAX: usize = 16 << 10;
@@ -96,50 +96,10 @@ const LAST_STATE: usize = 4095;
 
 const _: () = assert!(CACHED_CLASSES <= NUM_CLASSES);
 
-// The slot: 8 bytes of `.tbss`, hidden (a symbol of this library only).
-core::arch::global_asm!(
-    ".pushsection .tbss,\"awT\",%nobits",
-    ".p2align 3",
-    ".globl pymalloc_thread_cache",
-    ".hidden pymalloc_thread_cache",
-    ".type pymalloc_thread_cache, %object",
-    ".size pymalloc_thread_cache, 8",
-    "pymalloc_thread_cache:",
-    ".zero 8",
-    ".popsection",
-);
-
-/// This thread's slot: its cache pointer or state. Initial-exec TLS: the
-/// thread pointer plus an offset the loader wrote into the GOT.
+/// This thread's slot: its cache pointer or state.
 #[inline(always)]
 fn slot() -> *mut usize {
-    let addr: usize;
-    // SAFETY: reads the GOT entry of our own TLS symbol (written by the
-    // loader before any code of ours runs) and the thread pointer; no
-    // memory is written, no call is made.
-    #[cfg(target_arch = "x86_64")]
-    unsafe {
-        core::arch::asm!(
-            "mov {0}, qword ptr [rip + pymalloc_thread_cache@GOTTPOFF]",
-            "add {0}, qword ptr fs:0",
-            out(reg) addr,
-            options(nostack, readonly, pure),
-        )
-    };
-    // SAFETY: as above.
-    #[cfg(target_arch = "aarch64")]
-    unsafe {
-        core::arch::asm!(
-            "adrp {0}, :gottprel:pymalloc_thread_cache",
-            "ldr {0}, [{0}, #:gottprel_lo12:pymalloc_thread_cache]",
-            "mrs {1}, tpidr_el0",
-            "add {0}, {0}, {1}",
-            out(reg) addr,
-            out(reg) _,
-            options(nostack, readonly, pure),
-        )
-    };
-    addr as *mut usize
+    tls::cache_slot()
 }
 
 /// The calling thread's cache, made on its first call once the process

@@ -99,6 +99,8 @@ stress_tests! {
         "fork_signal", "single", "1000";
     fork_in_signal_handler_threads_preload, fork_in_signal_handler_threads_linked,
         fork_in_signal_handler_threads_debug => "fork_signal", "multi", "1000";
+    fork_in_signal_handler_while_forking_preload, fork_in_signal_handler_while_forking_linked,
+        fork_in_signal_handler_while_forking_debug => "fork_signal", "forking", "1000";
     thread_cache_exit_preload, thread_cache_exit_linked, thread_cache_exit_debug => "thread_cache", "exit", "2000";
     thread_cache_fork_preload, thread_cache_fork_linked, thread_cache_fork_debug => "thread_cache", "fork", "200";
 }
@@ -113,6 +115,7 @@ fn without_thread_caches() {
         ("thread_churn", &["500"]),
         ("fork_stress", &["200"]),
         ("fork_signal", &["multi", "200"]),
+        ("fork_signal", &["forking", "200"]),
         ("thread_cache", &["exit", "200"]),
         ("thread_cache", &["fork", "50"]),
     ] {

@@ -1,10 +1,12 @@
-/* fork_signal single|multi [FORKS]: the main thread allocates and frees in
-   a tight loop while signals interrupt it (setitimer when single-threaded;
-   a signalling thread, with two more threads allocating, when multi); the
-   handler calls fork(). In the child the handler returns, so the
-   interrupted malloc or free resumes and finishes; the child then
-   allocates, checks, (multi) starts a thread, and exits. Children that do
-   not finish within 10 s are deadlocked. */
+/* fork_signal single|multi|forking [FORKS]: the main thread allocates and
+   frees in a tight loop while signals interrupt it (setitimer when
+   single-threaded; a signalling thread, with two more threads allocating,
+   when multi; and with one more thread that forks in a loop of its own,
+   when forking: two forks at once, one from a handler that may have
+   interrupted the heap's lock holder); the handler calls fork(). In the
+   child the handler returns, so the interrupted malloc or free resumes and
+   finishes; the child then allocates, checks, (multi) starts a thread, and
+   exits. Children that do not finish within 10 s are deadlocked. */
 #include "stress.h"
 
 #include <sys/time.h>
@@ -61,9 +63,28 @@ static void *signaller(void *arg) {
     return NULL;
 }
 
+/* Forks in a loop while the main thread's handler forks too; each child
+   allocates, checks its heap and exits. */
+static void *forker(void *arg) {
+    (void)arg;
+    while (!atomic_load(&load_stop)) {
+        pid_t pid = fork();
+        if (pid == 0) {
+            for (int i = 0; i < 100; i++) blk_free(blk_new(1 + i * 53, i), "forker's child");
+            heap_check("forker's child");
+            _exit(0);
+        }
+        CHECK(pid > 0, "fork: %s", strerror(errno));
+        wait_child(pid, 10);
+    }
+    return NULL;
+}
+
 int main(int argc, char **argv) {
-    CHECK(argc >= 2 && (!strcmp(argv[1], "single") || !strcmp(argv[1], "multi")), "usage: fork_signal single|multi [FORKS]");
-    int multi = !strcmp(argv[1], "multi");
+    int forking = argc >= 2 && !strcmp(argv[1], "forking");
+    CHECK(argc >= 2 && (!strcmp(argv[1], "single") || !strcmp(argv[1], "multi") || forking),
+          "usage: fork_signal single|multi|forking [FORKS]");
+    int multi = forking || !strcmp(argv[1], "multi");
     target = arg_or(argc, argv, 2, 1000);
     CHECK(target <= MAXFORKS, "too many forks");
 
@@ -73,7 +94,7 @@ int main(int argc, char **argv) {
     sigemptyset(&sa.sa_mask);
     CHECK(sigaction(SIGALRM, &sa, NULL) == 0, "sigaction failed");
 
-    pthread_t th[3], self = pthread_self();
+    pthread_t th[4], self = pthread_self();
     sigset_t alrm, old;
     sigemptyset(&alrm);
     sigaddset(&alrm, SIGALRM);
@@ -81,6 +102,7 @@ int main(int argc, char **argv) {
         pthread_sigmask(SIG_BLOCK, &alrm, &old);
         load_start(th, 2);
         CHECK(pthread_create(&th[2], NULL, signaller, &self) == 0, "pthread_create failed");
+        if (forking) CHECK(pthread_create(&th[3], NULL, forker, NULL) == 0, "pthread_create failed");
         pthread_sigmask(SIG_SETMASK, &old, NULL);
     } else {
         struct itimerval it = {{0, 150}, {0, 150}};
@@ -120,7 +142,7 @@ int main(int argc, char **argv) {
             pthread_sigmask(SIG_UNBLOCK, &alrm, NULL);
         }
     }
-    if (multi) load_end(th, 3);
+    if (multi) load_end(th, forking ? 4 : 3);
     else {
         struct itimerval off = {{0, 0}, {0, 0}};
         setitimer(ITIMER_REAL, &off, NULL);
