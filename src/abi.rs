@@ -294,6 +294,9 @@ fn posix_memalign_impl(out: *mut *mut c_void, align: usize, n: usize) -> c_int {
         unlock_checked(heap, block, "posix_memalign").ptr
     };
     if p.is_null() {
+        // glibc's posix_memalign fails through its malloc, which sets
+        // errno too (glibc's own tst-malloc-thread-fail checks it).
+        set_errno(libc::ENOMEM);
         return libc::ENOMEM;
     }
     // SAFETY: the caller passes a valid out-pointer (C contract).

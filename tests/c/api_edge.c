@@ -178,8 +178,11 @@ static void test_enomem(void) {
             EXPECT_ENOMEM(memalign(opaque(al), opaque(SIZE_MAX - (al - 1))), what);
             if (al >= sizeof(void *)) {
                 void *m = (void *)&what;
+                errno = 0;
                 int r = posix_memalign(&m, opaque(al), n);
                 CHECK(r == ENOMEM, "posix_memalign(%zu, %#zx) returned %d, expected ENOMEM", al, n, r);
+                /* glibc's fails through its malloc, which sets errno */
+                CHECK(errno_now() == ENOMEM, "failed posix_memalign(%zu, %#zx) left errno %d", al, n, errno);
                 CHECK(m == (void *)&what, "failed posix_memalign(%zu, %#zx) changed *memptr", al, n);
             }
         }
@@ -227,6 +230,7 @@ static void test_posix_memalign_einval(void) {
         int r = posix_memalign(&m, opaque(bad[i]), opaque(16));
         CHECK(r == EINVAL, "posix_memalign(align=%zu) returned %d, expected EINVAL", bad[i], r);
         CHECK(m == (void *)&m, "posix_memalign(align=%zu) failed but changed *memptr to %p", bad[i], m);
+        CHECK(errno_now() == SENTINEL, "posix_memalign(align=%zu) changed errno to %d", bad[i], errno);
         /* a bad alignment wins over a huge size */
         r = posix_memalign(&m, opaque(bad[i]), opaque(SIZE_MAX));
         CHECK(r == EINVAL, "posix_memalign(align=%zu, SIZE_MAX) returned %d, expected EINVAL", bad[i], r);
@@ -234,8 +238,10 @@ static void test_posix_memalign_einval(void) {
     }
     /* huge power-of-two alignment: valid argument, cannot be served */
     void *m = (void *)&m;
+    errno = 0;
     int r = posix_memalign(&m, opaque((size_t)1 << 63), opaque(16));
     CHECK(r == ENOMEM, "posix_memalign(1<<63, 16) returned %d, expected ENOMEM", r);
+    CHECK(errno_now() == ENOMEM, "failed posix_memalign(1<<63, 16) left errno %d", errno);
     CHECK(m == (void *)&m, "posix_memalign(1<<63) failed but changed *memptr");
     /* size 0 succeeds with a unique pointer (glibc) */
     void *x = NULL, *y = NULL;

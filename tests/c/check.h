@@ -33,6 +33,10 @@
               errno, strerror(errno));                                        \
     } while (0)
 
+/* errno as it is now: gcc assumes that its builtin posix_memalign leaves
+   errno alone, and would fold a plain read after it. */
+static inline int errno_now(void) { return *(volatile int *)&errno; }
+
 /* Hides a size from the optimiser (no folding, no elided calls, no warnings). */
 static inline size_t opaque(size_t x) { __asm__ volatile("" : "+r"(x)); return x; }
 
