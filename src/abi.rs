@@ -18,7 +18,8 @@ use crate::os::set_errno;
 use crate::report;
 use crate::print::{ChunkWriter, write_fd};
 use crate::stats::{Snapshot, Totals};
-use crate::thread_cache::{self, CACHE_MAX};
+use crate::front;
+use crate::thread_cache::CACHE_MAX;
 
 /// Whether the debug mode (`debug_mode`) is on; resolves the options on
 /// the first call, so the mode is fixed before the first block is served.
@@ -66,7 +67,7 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
 #[inline(always)]
 fn malloc_fast(n: usize, function: &str) -> *mut c_void {
     if n <= CACHE_MAX {
-        if let Some(cache) = thread_cache::current() {
+        if let Some(cache) = front::current() {
             return cache.alloc(class_of(n), function).cast();
         }
     }
@@ -122,7 +123,7 @@ pub(crate) fn free_fast(p: *mut c_void, function: &str) {
     if p.is_null() {
         return;
     }
-    if let Some(cache) = thread_cache::current() {
+    if let Some(cache) = front::current() {
         if cache.free(p.cast()) {
             return;
         }
@@ -167,7 +168,7 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
         return ptr::null_mut();
     }
     // A pool block, with a thread cache: no lock unless the heap is needed.
-    if let Some(cache) = thread_cache::current() {
+    if let Some(cache) = front::current() {
         if let Some(class) = cache.class_of_block(p.cast()) {
             let usable = size_class::size_of(class);
             if stays_in_place(n, usable, class) {
@@ -230,7 +231,7 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
         return debug_alloc(n, 1, true, "calloc");
     }
     if n <= SMALL_MAX {
-        if let Some(cache) = thread_cache::current() {
+        if let Some(cache) = front::current() {
             let p = cache.alloc(class_of(n), "calloc");
             if !p.is_null() {
                 // SAFETY: a block of at least n bytes, ours.
@@ -273,7 +274,7 @@ fn usable_size(p: *mut c_void) -> usize {
 /// The usable size of `p` (not null); a fault is reported as `function`'s.
 fn usable_size_for(p: *mut c_void, function: &str) -> usize {
     if debug_on() {
-        return debugged(function, p, |heap, _| debug_mode::usable_size(heap, p.cast()));
+        return debugged(function, p, |heap, q| debug_mode::usable_size(heap, q, p.cast()));
     }
     let result = HEAP.lock().usable_size(p.cast());
     match result {
@@ -349,7 +350,7 @@ pub(crate) fn release_sized(p: *mut c_void, size: usize, align: usize, function:
         return;
     }
     let fits = |class| align.is_power_of_two() && p as usize % align == 0 && sized_fits_class(size, align, class);
-    if let Some(cache) = thread_cache::current() {
+    if let Some(cache) = front::current() {
         if cache.free_checked(p.cast(), fits) {
             return;
         }
@@ -522,7 +523,7 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
         debugged("malloc_trim", ptr::null_mut(), debug_mode::flush);
     }
     let mut heap = HEAP.lock();
-    if let Err(fault) = thread_cache::flush_current(&mut heap) {
+    if let Err(fault) = front::trim_all(&mut heap) {
         drop(heap);
         fatal("malloc_trim", fault, ptr::null());
     }
@@ -593,7 +594,7 @@ pub extern "C" fn pymalloc_check_heap() -> c_int {
     let debug = debug_on();
     let (result, guards) = {
         let heap = HEAP.lock();
-        let result = heap.check().and_then(|()| thread_cache::check_current(&heap));
+        let result = heap.check().and_then(|()| front::check_current(&heap));
         (result, if debug && result.is_ok() { debug_mode::check(&heap) } else { Ok(()) })
     };
     if let Err((fault, block)) = guards {

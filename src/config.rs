@@ -228,8 +228,8 @@ options! {
     /// on every call (fixed before the first block is served).
     debug: bool = false, "PYMALLOC_DEBUG";
     /// Debug mode: keep up to this many bytes of freed blocks poisoned and
-    /// unused, to catch writes after free (default 0: none).
-    debug_quarantine: usize = 0, "PYMALLOC_DEBUG_QUARANTINE";
+    /// unused, to catch writes after free (`0`: none).
+    debug_quarantine: usize = 1 << 20, "PYMALLOC_DEBUG_QUARANTINE";
     /// Freed memory that stays unused this many milliseconds goes back
     /// to the OS (empty pools, free arenas, cached large mappings).
     decay_ms: usize = 250, "PYMALLOC_DECAY_MS";
@@ -440,7 +440,7 @@ mod tests {
         assert_eq!(
             text,
             "PYMALLOC_SHOW_STATS=0\nPYMALLOC_STATS_FILE=\nPYMALLOC_VERBOSE=0\nPYMALLOC_DEBUG=0\n\
-             PYMALLOC_DEBUG_QUARANTINE=0\nPYMALLOC_DECAY_MS=250\nPYMALLOC_LARGE_CACHE=67108864\n\
+             PYMALLOC_DEBUG_QUARANTINE=1048576\nPYMALLOC_DECAY_MS=250\nPYMALLOC_LARGE_CACHE=67108864\n\
              PYMALLOC_THREAD_CACHE=524288\n"
         );
     }

@@ -23,11 +23,14 @@
 //! - `malloc_usable_size` is the requested size: writing beyond it is an
 //!   overflow. `realloc` always moves the block, so stale pointers to the
 //!   old one point at poisoned memory.
-//! - With `PYMALLOC_DEBUG_QUARANTINE=<bytes>`, freed blocks wait, still
-//!   poisoned (and their header guards turned to `0xDD`), until that many
-//!   bytes of newer frees push them out; a block leaving the quarantine is
-//!   checked for writes after free. A second free of a quarantined block
-//!   is a double free.
+//! - Freed blocks wait in a quarantine, still poisoned (and their header
+//!   guards turned to `0xDD`), until `PYMALLOC_DEBUG_QUARANTINE` bytes (1
+//!   MiB by default) of newer frees push them out; a block leaving the
+//!   quarantine is checked for writes after free. A second free of a
+//!   block found in the quarantine is a double free. A block the heap
+//!   hands out again is checked too, if it still holds the poisoned
+//!   debug block it was (with no quarantine, that is where a write after
+//!   free shows).
 //!
 //! Everything runs with the heap lock held (`locked` takes it), as the
 //! heap does; the quarantine is this layer's own, guarded by the same
@@ -76,6 +79,11 @@ impl Quarantine {
         for i in 0..self.len {
             f(self.entries[(self.head + i) % QUARANTINE_ENTRIES].0 as *mut u8);
         }
+    }
+
+    /// Whether the debug block `p` is quarantined.
+    fn contains(&self, p: *mut u8) -> bool {
+        (0..self.len).any(|i| self.entries[(self.head + i) % QUARANTINE_ENTRIES].1 == p as usize)
     }
 
     fn pop(&mut self) -> Option<(usize, usize)> {
@@ -132,11 +140,17 @@ pub fn alloc(heap: &mut Heap, n: usize, align: usize, zero: bool) -> Result<*mut
     }
     let base = block.ptr;
     let usable = heap.usable_size(base)?;
+    if !block.zeroed {
+        check_reused(base.wrapping_add(front), usable - front - TAIL)?;
+    }
     // SAFETY: the heap block holds `usable >= front + n + TAIL` bytes.
     unsafe {
         let p = base.add(front);
         base.cast::<usize>().write(p as usize);
         base.cast::<usize>().add(1).write(0); // never the heap's free-block key
+        // The padding holds no header: a freed block's there is stale (see
+        // `check_reused`).
+        base.add(16).write_bytes(0, front - MIN_FRONT);
         p.sub(HEADER).cast::<usize>().write(n);
         p.sub(8).write_bytes(GUARD, 8);
         if !zero {
@@ -149,10 +163,24 @@ pub fn alloc(heap: &mut Heap, n: usize, align: usize, zero: bool) -> Result<*mut
     }
 }
 
+/// A heap block handed out again, whose bytes at `p` (where the new
+/// debug block goes, with `room` bytes at most) may still be the freed
+/// debug block that was there: if its guard and size say so, its poison
+/// must be intact. Only the last tenant's header can say so: the heap
+/// writes only the first 16 bytes of a free block, below `p - 16`; a
+/// block at a smaller offset covered this header with its bytes (`0xCD`,
+/// zeros or guards: a size far beyond any room), one at a greater offset
+/// with the zeros of its padding.
+fn check_reused(p: *mut u8, room: usize) -> Result<(), Fault> {
+    // SAFETY: front >= MIN_FRONT, so the header lies inside the block.
+    let (size, guard) = unsafe { (p.sub(HEADER).cast::<usize>().read(), p.sub(8).cast::<[u8; 8]>().read()) };
+    if guard == [DEAD; 8] && size <= room { check_poison(p) } else { Ok(()) }
+}
+
 /// Frees the debug block `p`; with `sized`, the (size, alignment) that
 /// `free_sized` or `free_aligned_sized` were given.
 pub fn free(heap: &mut Heap, quarantine: &mut Quarantine, p: *mut u8, sized: Option<(usize, usize)>) -> Result<(), Fault> {
-    let live = locate(heap, p)?;
+    let live = locate(heap, quarantine, p)?;
     if let Some((size, align)) = sized {
         if !align.is_power_of_two() || p as usize % align != 0 {
             return Err(Fault::WrongAlignment { align });
@@ -193,15 +221,15 @@ pub fn flush(heap: &mut Heap, quarantine: &mut Quarantine) -> Result<(), Fault> 
 }
 
 /// The requested size of the debug block `p`.
-pub fn usable_size(heap: &Heap, p: *mut u8) -> Result<usize, Fault> {
-    Ok(locate(heap, p)?.size)
+pub fn usable_size(heap: &Heap, quarantine: &Quarantine, p: *mut u8) -> Result<usize, Fault> {
+    Ok(locate(heap, quarantine, p)?.size)
 }
 
 /// `realloc` of the debug block `p` to `n > 0` bytes: in place while the
 /// heap block has room (new bytes 0xCD, guards moved), else a new block
 /// (null when out of memory, the old one then intact).
 pub fn realloc(heap: &mut Heap, quarantine: &mut Quarantine, p: *mut u8, n: usize) -> Result<*mut u8, Fault> {
-    let old = locate(heap, p)?;
+    let old = locate(heap, quarantine, p)?;
     let front = p as usize - old.base as usize;
     if n <= old.usable - front - TAIL {
         // SAFETY: p .. p + n + TAIL lies in the heap block.
@@ -254,8 +282,11 @@ pub fn check(heap: &Heap) -> Result<(), (Fault, *mut u8)> {
     result
 }
 
-/// The live debug block at `p`, its guards checked.
-fn locate(heap: &Heap, p: *mut u8) -> Result<Live, Fault> {
+/// The live debug block at `p`, its guards checked. A block whose guard
+/// says freed is a double free only if it is found in the quarantine (or
+/// the heap finds its heap block freed); otherwise its guard was
+/// overwritten.
+fn locate(heap: &Heap, quarantine: &Quarantine, p: *mut u8) -> Result<Live, Fault> {
     let addr = p as usize;
     if addr % 16 != 0 {
         return Err(Fault::InvalidPointer);
@@ -276,7 +307,14 @@ fn locate(heap: &Heap, p: *mut u8) -> Result<Live, Fault> {
                 if unsafe { base.cast::<usize>().read() } != addr {
                     return Err(Fault::InvalidPointer);
                 }
-                let size = check_guards(base, info, p)?;
+                let size = match check_guards(base, info, p) {
+                    Err(Fault::Freed { .. }) if !quarantine.contains(p) => {
+                        // SAFETY: p - 16 lies in the block (check_guards read it).
+                        let size = unsafe { p.sub(HEADER).cast::<usize>().read() };
+                        return Err(Fault::Underflow { size, found: [DEAD; 8] });
+                    }
+                    checked => checked?,
+                };
                 return Ok(Live { base, usable: info.0, p, size });
             }
             Err(Fault::InvalidPointer) => {}
@@ -360,7 +398,7 @@ mod tests {
             for n in [0, 1, 48, 511, 4000, 200_000] {
                 let p = alloc(&mut heap, n, align, false).unwrap();
                 assert_eq!(p as usize % align.max(16), 0, "{n} aligned {align}");
-                assert_eq!(usable_size(&heap, p).unwrap(), n);
+                assert_eq!(usable_size(&heap, &Quarantine::new(), p).unwrap(), n);
                 // SAFETY: a live debug block of n bytes.
                 let bytes = unsafe { core::slice::from_raw_parts(p, n) };
                 assert!(bytes.iter().all(|&b| b == FRESH));
@@ -394,9 +432,16 @@ mod tests {
         unsafe { p.sub(1).write(GUARD) };
         let q = realloc(&mut heap, &mut Quarantine::new(), p, 30).unwrap();
         assert_eq!(q, p, "shrinking stays in place");
-        free(&mut heap, &mut Quarantine::new(), q, None).unwrap();
-        assert!(matches!(free(&mut heap, &mut Quarantine::new(), q, None), Err(Fault::Freed { .. })));
-        assert_eq!(free(&mut heap, &mut Quarantine::new(), q.wrapping_add(16), None), Err(Fault::InvalidPointer));
+        let mut quarantine = Box::new(Quarantine::new());
+        free(&mut heap, &mut quarantine, q, None).unwrap();
+        assert!(matches!(free(&mut heap, &mut quarantine, q, None), Err(Fault::Freed { .. })));
+        assert_eq!(free(&mut heap, &mut quarantine, q.wrapping_add(16), None), Err(Fault::InvalidPointer));
+        // A guard that reads as freed, of a block in no quarantine (and
+        // live in the heap): overwritten, not freed.
+        let r = alloc(&mut heap, 40, 1, false).unwrap();
+        // SAFETY: the 8 guard bytes before the block, ours to corrupt here.
+        unsafe { r.sub(8).write_bytes(DEAD, 8) };
+        assert_eq!(free(&mut heap, &mut quarantine, r, None), Err(Fault::Underflow { size: 40, found: [DEAD; 8] }));
         heap.check().unwrap();
     }
 }

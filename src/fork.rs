@@ -149,7 +149,7 @@ extern "C" fn child() {
     if took_heap {
         // SAFETY: `prepare` took the heap lock in this thread: the heap is
         // consistent and ours alone.
-        crate::thread_cache::reclaim_after_fork(unsafe { &mut *HEAP.data_ptr() });
+        crate::front::reclaim_after_fork(unsafe { &mut *HEAP.data_ptr() });
     }
     // SAFETY: only the lock is touched. The child's only thread is this
     // one: it keeps the lock iff it held it before `prepare` (an

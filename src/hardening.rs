@@ -12,12 +12,15 @@
 //!   bits are never all zero, so a link overwritten with zeros or with
 //!   any aligned value (a pointer) is always rejected there too.
 //! - **Free-block key** (glibc tcache's `key`): `free` writes a secret
-//!   value into a block's second word and `malloc` clears it. A block
-//!   passed to `free` that carries the key is already free: on its pool's
-//!   free list (walked to tell which, for the report) or in a thread
-//!   cache (`thread_cache`), which marks its blocks the same way. Only a
-//!   program that read the secret key from freed memory and stored it in
-//!   a live block could be told otherwise.
+//!   value, bound to the block's address, into its second word, and every
+//!   path that hands a block out clears it. A block passed to `free` that
+//!   carries its key is probably free already; the key is a hint, never
+//!   proof: the block is called a double free only once it is found on
+//!   its pool's free list or in a thread cache (`thread_cache`), which
+//!   mark their blocks the same way. A key found anywhere else is stale
+//!   memory (`realloc` legally copies bytes a program never wrote), and
+//!   since it is bound to the address it was written at, a copy moved to
+//!   another block is not that block's key.
 //!
 //! Only the first 16 bytes of a free block are written: CPython's own
 //! tests read freed memory.
@@ -76,10 +79,11 @@ impl Secret {
         self.mangle(at, stored as *mut u8) as *mut u8
     }
 
-    /// The word a free block holds after its link.
+    /// The word a free block at `at` holds after its link. Never zero
+    /// (the key is odd, a block address even), so a cleared word is no key.
     #[inline(always)]
-    pub fn key(self) -> usize {
-        self.key
+    pub fn key_at(self, at: *mut u8) -> usize {
+        self.key ^ at as usize
     }
 }
 
@@ -113,7 +117,7 @@ mod tests {
     fn mangling_round_trips_and_hides_the_link() {
         let mut s = Secret::UNSET;
         s.ensure();
-        assert_ne!(s.key(), 0);
+        assert_ne!(s.key_at(core::ptr::null_mut()), 0, "drawn");
         let at = 0x7f00_1234_5670 as *mut u8;
         let next = 0x7f00_1234_5680 as *mut u8;
         assert_eq!(s.demangle(at, s.mangle(at, next)), next);
@@ -124,8 +128,10 @@ mod tests {
             assert_ne!(s.demangle(at, 0) as usize % 16, 0);
             assert_ne!(s.demangle(at, 0x7f00_0000_1230) as usize % 16, 0);
         }
-        let before = s.key();
+        let before = s.key_at(at);
         s.ensure();
-        assert_eq!(s.key(), before, "ensure is idempotent");
+        assert_eq!(s.key_at(at), before, "ensure is idempotent");
+        assert_ne!(s.key_at(at), s.key_at(next), "keys are bound to their block");
+        assert_ne!(s.key_at(at), 0);
     }
 }

@@ -48,6 +48,13 @@ impl Block {
     const NONE: Block = Block { ptr: ptr::null_mut(), zeroed: false };
 }
 
+/// Whether a pool block of a class is in some thread cache: the front's
+/// answer (`thread_cache`), called with the heap lock held, and given to
+/// the heap before the first block enters a cache. The heap asks it
+/// before calling a block that holds its free-block key, but is not on its
+/// pool's free list, a double free (the key alone proves nothing).
+pub type CacheSearch = fn(&Heap, *mut u8, usize) -> bool;
+
 /// Where a live block lives.
 enum Found {
     Pool(*mut Pool),
@@ -90,6 +97,8 @@ pub struct Heap {
     clock: u64,
     /// Calls to `free` since the last tick.
     frees_since_tick: u32,
+    /// Searches the thread caches; None while there are none.
+    cache_search: Option<CacheSearch>,
 }
 
 // SAFETY: the raw pointers refer to memory owned by the heap alone, which
@@ -111,6 +120,7 @@ impl Heap {
             fault: Fault::InvalidPointer,
             clock: 0,
             frees_since_tick: 0,
+            cache_search: None,
         }
     }
 
@@ -238,7 +248,7 @@ impl Heap {
     /// # Safety
     /// `heap` is `HEAP.data_ptr()`.
     #[inline(always)]
-    pub unsafe fn cached_class_of(heap: *const Heap, p: *mut u8, key: usize) -> Option<usize> {
+    pub unsafe fn cached_class_of(heap: *const Heap, p: *mut u8, secret: Secret) -> Option<usize> {
         // SAFETY: see above; only raw reads, no reference to the heap.
         unsafe {
             let arena = ArenaMap::arena_of(&raw const (*heap).map, p as usize);
@@ -246,7 +256,7 @@ impl Heap {
                 return None;
             }
             let pool = Arena::pool_at(arena, p as usize)?;
-            Pool::live_block_class(pool, p, key)
+            Pool::live_block_class(pool, p, secret)
         }
     }
 
@@ -292,6 +302,17 @@ impl Heap {
     /// Draws the secret that mangles links, if not yet drawn.
     pub fn ensure_secret(&mut self) {
         self.secret.ensure();
+    }
+
+    /// Gives the heap the search of the thread caches (see `CacheSearch`).
+    pub fn set_cache_search(&mut self, search: CacheSearch) {
+        self.cache_search = Some(search);
+    }
+
+    /// Whether the block `p` of `class` is in a thread cache.
+    #[cold]
+    fn in_a_cache(&self, p: *mut u8, class: usize) -> bool {
+        self.cache_search.is_some_and(|search| search(self, p, class))
     }
 
     #[cold]
@@ -344,12 +365,14 @@ impl Heap {
                 if !pool_ref.is_carved_block(p as usize) {
                     return Err(Fault::InvalidPointer);
                 }
-                // On its pool's free list, or with the key but not there:
-                // in a thread cache (only the secret key marks a block so).
-                if pool_ref.ref_count.get() == 0
+                // Free if its pool is empty, or it is on its pool's free
+                // list or in a thread cache. Holding its key is only the
+                // reason to look: a block that holds it and is in neither
+                // is a live block whose bytes happen to read so.
+                let freed = pool_ref.ref_count.get() == 0
                     || pool_ref.on_free_list(p, self.secret)?
-                    || pool_ref.holds_key(p, self.secret)
-                {
+                    || (pool_ref.holds_key(p, self.secret) && self.in_a_cache(p, pool_ref.class as usize));
+                if freed {
                     return Err(Fault::Freed { class_size: pool_ref.block_size as usize });
                 }
                 Ok(Found::Pool(pool))
@@ -756,12 +779,12 @@ impl Heap {
     }
 
     /// Maps fresh memory. When the OS refuses, the reserves (free arenas,
-    /// cached mappings: address space a memory limit counts) are given
-    /// back and the mapping tried once more, but only if they hold at
-    /// least the address space the mapping needs, so that releasing them
-    /// is sure to make room under a limit. A request that cannot be served
-    /// fails after one system call and leaves the heap as it was; releasing
-    /// for it would only make the next small `malloc` map them again.
+    /// cached mappings, idle regions: address space a memory limit
+    /// counts) are given back and the mapping tried once more, if that
+    /// can make room (`could_make_room`). A request that cannot be served
+    /// fails after one failed mapping and leaves the heap as it was;
+    /// releasing for it would only make the next small `malloc` map them
+    /// again.
     fn map_memory(&mut self, len: usize, align: usize) -> *mut u8 {
         let p = os::map_aligned(len, align);
         if p.is_null() && self.could_make_room(len, align) && self.release_reserves() {
@@ -770,11 +793,15 @@ impl Heap {
         p
     }
 
-    /// Whether releasing the reserves frees the address space that a
-    /// mapping of `len` bytes aligned to `align` needs.
+    /// Whether releasing the reserves can make room for a mapping of
+    /// `len` bytes aligned to `align` that the OS refused: under an
+    /// address-space limit, if they and what is left below the limit hold
+    /// the address space it needs; with no limit (the refusal came from
+    /// elsewhere: overcommit, the count of mappings), if they alone do.
     fn could_make_room(&self, len: usize, align: usize) -> bool {
         let reserves = self.arenas.retired_count() * ARENA_SIZE + self.large.reserve_bytes();
-        os::span_needed(len, align).is_some_and(|span| span <= reserves)
+        let Some(span) = os::span_needed(len, align) else { return false };
+        reserves > 0 && span <= reserves.saturating_add(os::address_space_headroom().unwrap_or(0))
     }
 
     /// Gives back everything kept for reuse: empty pools, free arenas,

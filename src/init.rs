@@ -11,5 +11,5 @@
 fn init() {
     crate::config::ensure();
     crate::fork::install();
-    crate::thread_cache::enable();
+    crate::front::enable();
 }

@@ -264,8 +264,9 @@ impl Large {
     /// A new region for a span of at least `len` bytes, as one free span.
     fn map_region(&mut self, len: usize) -> Result<Option<*mut LargeBlock>, NoSpace> {
         let guarded = config::get().debug;
-        let reserved = if guarded { os::reserve(region::REGION_SIZE) } else { os::map(region::REGION_SIZE) };
-        let (mut base, mut size) = (reserved, region::REGION_SIZE);
+        let size = self.regions.next_region_size(len);
+        let reserved = if guarded { os::reserve(size) } else { os::map(size) };
+        let (mut base, mut size) = (reserved, size);
         if base.is_null() {
             (base, size) = (map_os(len, PAGE_SIZE)?, len);
             // SAFETY: mapped just above, unused. Best effort: free pages

@@ -19,7 +19,7 @@
 //!                               └─► free list (mangled link in the first
 //!                                   word, double-free key in the second)
 //!
-//!  OS (mmap) ──► region: REGION_SIZE bytes of address space, tiled by spans
+//!  OS (mmap) ──► region: 8-256 MiB of address space, tiled by spans
 //!                ┌──────────┬────────┬──────────────┬─────┬──────────────────┐
 //!                │ block    │ free   │ block        │ ... │ free, untouched  │
 //!                └──────────┴────────┴──────────────┴─────┴──────────────────┘
@@ -161,6 +161,7 @@ mod fork;
 mod report;
 mod stats;
 #[cfg_attr(test, allow(dead_code))] // its TLS slot is used only by the exports
+mod front;
 mod thread_cache;
 mod debug_mode;
 

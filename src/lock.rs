@@ -54,9 +54,9 @@
 //! touches nothing but `errno`, saved and restored around it), and
 //! touches no memory but `state` and the stack.
 
-use core::ffi::c_char;
+use core::ffi::{c_char, c_int};
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicU32, AtomicUsize, Ordering};
 
 use lock_api::RawMutex;
 
@@ -86,7 +86,7 @@ pub fn single_threaded() -> bool {
 /// This thread's thread pointer: non-zero, 16-byte aligned, distinct from
 /// every other live thread's.
 #[inline(always)]
-fn thread_pointer() -> usize {
+pub fn thread_pointer() -> usize {
     let tp: usize;
     // SAFETY: reads the thread pointer register (the TCB's self pointer at
     // %fs:0 on x86_64, which the TLS ABI guarantees); no memory is written.
@@ -249,6 +249,53 @@ unsafe impl RawMutex for FutexMutex {
 
     fn is_locked(&self) -> bool {
         self.state.load(Ordering::Relaxed) != UNLOCKED
+    }
+}
+
+/// Which `membarrier` command serves `barrier_all_threads` here.
+static BARRIER: AtomicU8 = AtomicU8::new(BARRIER_UNKNOWN);
+const BARRIER_UNKNOWN: u8 = 0;
+const BARRIER_EXPEDITED: u8 = 1;
+const BARRIER_GLOBAL: u8 = 2;
+const BARRIER_NONE: u8 = 3;
+
+// membarrier(2) commands.
+const MEMBARRIER_CMD_QUERY: c_int = 0;
+const MEMBARRIER_CMD_GLOBAL: c_int = 1;
+const MEMBARRIER_CMD_PRIVATE_EXPEDITED: c_int = 1 << 3;
+const MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED: c_int = 1 << 4;
+
+fn membarrier(cmd: c_int) -> i64 {
+    // SAFETY: membarrier touches no memory of ours.
+    unsafe { libc::syscall(libc::SYS_membarrier, cmd, 0, 0) }
+}
+
+/// Makes every running thread of the process execute a full memory
+/// barrier before this returns: the other half of a fence that a thread's
+/// own fast path leaves out, paid only when asked (see `thread_cache`).
+/// One `membarrier` system call: the expedited kind (Linux 4.14, IPIs to
+/// the CPUs running our threads), registered on first use, else the
+/// global kind (an RCU grace period, milliseconds). False where the kernel
+/// offers neither (or a seccomp filter refuses them): the caller then
+/// goes without. Leaves errno alone.
+pub fn barrier_all_threads() -> bool {
+    let _keep = KeepErrno::new();
+    loop {
+        match BARRIER.load(Ordering::Relaxed) {
+            BARRIER_EXPEDITED => return membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) == 0,
+            BARRIER_GLOBAL => return membarrier(MEMBARRIER_CMD_GLOBAL) == 0,
+            BARRIER_NONE => return false,
+            _ => {
+                let mode = if membarrier(MEMBARRIER_CMD_REGISTER_PRIVATE_EXPEDITED) == 0 {
+                    BARRIER_EXPEDITED
+                } else if membarrier(MEMBARRIER_CMD_QUERY).max(0) & MEMBARRIER_CMD_GLOBAL as i64 != 0 {
+                    BARRIER_GLOBAL
+                } else {
+                    BARRIER_NONE
+                };
+                BARRIER.store(mode, Ordering::Relaxed);
+            }
+        }
     }
 }
 

@@ -7,6 +7,8 @@ use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE};
 use crate::fault::Fault;
 use crate::heap::{Block, Heap, Resize};
 use crate::size_class::NUM_CLASSES;
+use crate::debug_mode::Quarantine;
+use crate::stats::Snapshot;
 
 /// xorshift64*: deterministic, no dependencies.
 struct Rng(u64);
@@ -46,43 +48,66 @@ fn assert_only_kept_pools_held(heap: &Heap) {
     assert!(held <= kept, "{held} arenas in use with no live block, {kept} kept pools");
 }
 
-/// The shadow: every live block, by address, with its usable size and the
-/// byte it was filled with.
-#[derive(Default)]
-struct Shadow {
-    live: BTreeMap<usize, (usize, u8)>,
+/// Which bytes of each block the model writes and checks.
+#[derive(Clone, Copy, PartialEq)]
+enum Writes {
+    /// All of a small block, a sample of a big one (both ends and one
+    /// byte per page).
+    Most,
+    /// Only the first and the last byte, as many real programs do (a
+    /// string's terminator, a header): the rest keeps whatever the heap's
+    /// earlier tenants left there, free-list links and keys included.
+    Ends,
 }
 
-/// Offsets of `len` bytes that the model writes and checks: all of a small
-/// block, a sample of a big one (both ends and one byte per page).
-fn probe_offsets(len: usize) -> impl Iterator<Item = usize> {
-    let (head, tail) = if len <= 4096 { (len, len) } else { (64, len - 64) };
-    let pages = (head.next_multiple_of(PAGE_SIZE)..tail).step_by(PAGE_SIZE);
-    (0..head).chain(pages).chain(tail..len)
+/// The shadow: every live block, by address, with its usable size, the
+/// byte it was filled with, and whether it is a large block.
+struct Shadow {
+    live: BTreeMap<usize, (usize, u8, bool)>,
+    writes: Writes,
+}
+
+/// Offsets of `len` bytes that the model writes and checks.
+fn probe_offsets(len: usize, writes: Writes) -> impl Iterator<Item = usize> {
+    let (head, tail) = match writes {
+        Writes::Most if len <= 4096 => (len, len),
+        Writes::Most => (64, len - 64),
+        Writes::Ends => (len.min(1), len.saturating_sub(1).max(len.min(1))),
+    };
+    let pages = match writes {
+        Writes::Most => head.next_multiple_of(PAGE_SIZE)..tail,
+        Writes::Ends => tail..tail,
+    };
+    (0..head).chain(pages.step_by(PAGE_SIZE)).chain(tail..len)
 }
 
 impl Shadow {
-    fn add(&mut self, p: *mut u8, requested: usize, usable: usize, align: usize, fill: u8) {
+    fn new(writes: Writes) -> Self {
+        Shadow { live: BTreeMap::new(), writes }
+    }
+
+    fn add(&mut self, heap: &Heap, p: *mut u8, requested: usize, align: usize, fill: u8) {
         let addr = p as usize;
         assert!(!p.is_null());
+        let (usable, class_size) = heap.block_info(p).unwrap();
         assert_eq!(addr % align.max(MIN_ALIGN), 0, "misaligned block {p:p} for align {align}");
         assert!(usable >= requested, "usable {usable} < requested {requested}");
-        if let Some((&prev, &(len, _))) = self.live.range(..=addr).next_back() {
+        if let Some((&prev, &(len, ..))) = self.live.range(..=addr).next_back() {
             assert!(prev + len <= addr, "{p:p} overlaps the block at {prev:#x}+{len}");
         }
         if let Some((&next, _)) = self.live.range(addr..).next() {
             assert!(addr + usable <= next, "{p:p}+{usable} overlaps the block at {next:#x}");
         }
-        for i in probe_offsets(usable) {
+        for i in probe_offsets(usable, self.writes) {
             // SAFETY: i < usable, which the heap promised is ours to write.
             unsafe { p.add(i).write(fill) };
         }
-        self.live.insert(addr, (usable, fill));
+        self.live.insert(addr, (usable, fill, class_size == 0));
     }
 
     fn verify(&self, addr: usize) {
-        let (len, fill) = self.live[&addr];
-        for i in probe_offsets(len) {
+        let (len, fill, _) = self.live[&addr];
+        for i in probe_offsets(len, self.writes) {
             // SAFETY: a live block of ours, written by `add`.
             let byte = unsafe { (addr as *const u8).add(i).read() };
             assert_eq!(byte, fill, "block {addr:#x} byte {i} was overwritten");
@@ -91,7 +116,8 @@ impl Shadow {
 
     fn remove(&mut self, addr: usize) -> (usize, u8) {
         self.verify(addr);
-        self.live.remove(&addr).unwrap()
+        let (len, fill, _) = self.live.remove(&addr).unwrap();
+        (len, fill)
     }
 
     fn pick(&self, rng: &mut Rng) -> Option<usize> {
@@ -101,21 +127,44 @@ impl Shadow {
         let target = rng.next() as usize;
         self.live.range(target..).next().or_else(|| self.live.iter().next()).map(|(&a, _)| a)
     }
+
+    /// The heap's counters (the statistics' totals and the large blocks'
+    /// own) agree with the ledger of live blocks.
+    fn check_counters(&self, heap: &Heap, quarantine: &Quarantine) {
+        let (mut pool_blocks, mut pool_bytes, mut large_blocks, mut large_bytes) = (0, 0, 0, 0);
+        for &(len, _, large) in self.live.values() {
+            if large {
+                (large_blocks, large_bytes) = (large_blocks + 1, large_bytes + len);
+            } else {
+                (pool_blocks, pool_bytes) = (pool_blocks + 1, pool_bytes + len);
+            }
+        }
+        assert_eq!((heap.large().blocks, heap.large().bytes), (large_blocks, large_bytes), "large blocks and bytes");
+        let t = Snapshot::of(heap, quarantine).totals;
+        assert_eq!((t.large_blocks, t.large_bytes), (large_blocks, large_bytes), "statistics: large");
+        assert_eq!(t.small_blocks + t.medium_blocks, pool_blocks, "statistics: pool blocks");
+        assert_eq!(t.small_bytes + t.medium_bytes, pool_bytes, "statistics: pool bytes");
+        assert_eq!((t.blocks_in_use, t.bytes_in_use), (pool_blocks + large_blocks, pool_bytes + large_bytes));
+    }
 }
 
 fn check_zeroed(block: Block, n: usize) {
     if block.zeroed {
-        for i in probe_offsets(n) {
+        for i in probe_offsets(n, Writes::Most) {
             // SAFETY: a fresh block of at least n bytes.
             assert_eq!(unsafe { block.ptr.add(i).read() }, 0, "zeroed block has a dirty byte {i}");
         }
     }
 }
 
-fn run_model(seed: u64, steps: usize) {
+/// Random allocations, aligned allocations, frees and resizes of every
+/// kind, each checked against the shadow; the counters are checked
+/// against it after every operation, the heap's invariants every 500.
+fn run_model(seed: u64, steps: usize, writes: Writes) {
     let mut heap = new_heap();
+    let quarantine = Box::new(Quarantine::new());
     let mut rng = Rng(seed);
-    let mut shadow = Shadow::default();
+    let mut shadow = Shadow::new(writes);
     for step in 0..steps {
         let fill = (step % 251) as u8 + 1;
         match rng.below(10) {
@@ -123,16 +172,14 @@ fn run_model(seed: u64, steps: usize) {
                 let n = rng.size();
                 let block = heap.alloc(n);
                 check_zeroed(block, n);
-                let usable = heap.usable_size(block.ptr).unwrap();
-                shadow.add(block.ptr, n, usable, 1, fill);
+                shadow.add(&heap, block.ptr, n, 1, fill);
             }
             4 => {
                 let align = 1usize << rng.below(22);
                 let n = rng.size() / 4;
                 let block = heap.alloc_aligned(align, n);
                 check_zeroed(block, n);
-                let usable = heap.usable_size(block.ptr).unwrap();
-                shadow.add(block.ptr, n, usable, align, fill);
+                shadow.add(&heap, block.ptr, n, align, fill);
             }
             5..=7 => {
                 if let Some(addr) = shadow.pick(&mut rng) {
@@ -146,26 +193,29 @@ fn run_model(seed: u64, steps: usize) {
                 let (old_usable, old_fill) = shadow.remove(addr);
                 match heap.resize(addr as *mut u8, n).unwrap() {
                     Resize::Done(q) => {
-                        let usable = heap.usable_size(q).unwrap();
                         // The kept prefix must still hold the old fill.
                         let kept = old_usable.min(n);
-                        for i in probe_offsets(old_usable).take_while(|&i| i < kept) {
+                        for i in probe_offsets(old_usable, writes).take_while(|&i| i < kept) {
                             // SAFETY: q is live with at least `kept` bytes.
                             assert_eq!(unsafe { q.add(i).read() }, old_fill, "resize lost byte {i}");
                         }
-                        shadow.add(q, n, usable, 1, fill);
+                        shadow.add(&heap, q, n, 1, fill);
                     }
                     Resize::Move { usable } => {
                         assert_eq!(usable, old_usable);
                         let block = heap.alloc(n);
+                        // As realloc does: the old block's bytes, all of
+                        // them, whoever wrote them, go to the new one.
+                        // SAFETY: both blocks are live and distinct.
+                        unsafe { core::ptr::copy_nonoverlapping(addr as *const u8, block.ptr, usable.min(n)) };
                         heap.free(addr as *mut u8).unwrap();
-                        let usable = heap.usable_size(block.ptr).unwrap();
-                        shadow.add(block.ptr, n, usable, 1, fill);
+                        shadow.add(&heap, block.ptr, n, 1, fill);
                     }
                     Resize::Failed => panic!("resize of {n} bytes failed"),
                 }
             }
         }
+        shadow.check_counters(&heap, &quarantine);
         if step % 500 == 0 {
             heap.check().unwrap();
         }
@@ -176,6 +226,7 @@ fn run_model(seed: u64, steps: usize) {
         shadow.remove(addr);
         heap.free(addr as *mut u8).unwrap();
     }
+    shadow.check_counters(&heap, &quarantine);
     heap.check().unwrap();
     assert_only_kept_pools_held(&heap);
     assert_eq!(heap.large().blocks, 0);
@@ -187,7 +238,17 @@ fn run_model(seed: u64, steps: usize) {
 #[test]
 fn random_sequences_match_the_shadow() {
     for seed in 1u64..=16 {
-        run_model(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 20_000);
+        run_model(seed.wrapping_mul(0x9e37_79b9_7f4a_7c15), 20_000, Writes::Most);
+    }
+}
+
+/// Blocks written only at their ends keep what the heap left in them:
+/// stale free-list links and keys, copied along by every resize that
+/// moves a block. None of it may pass for heap metadata.
+#[test]
+fn blocks_written_only_at_their_ends_are_never_taken_for_free_ones() {
+    for seed in 1u64..=16 {
+        run_model(seed.wrapping_mul(0xd1b5_4a32_d192_ed03), 20_000, Writes::Ends);
     }
 }
 
@@ -230,16 +291,18 @@ fn double_frees_are_detected() {
         assert_eq!(heap.free(p), Err(freed(class_size)), "double free of {n}");
         assert_eq!(heap.resize(p, 10), Err(freed(class_size)));
         assert_eq!(heap.usable_size(p), Err(freed(class_size)));
-        // A block with the key that is not on its pool's free list is in
-        // a thread cache: freed as well (only the secret key marks it so).
+        // A live block holding its own key, on no free list and in no
+        // thread cache (this heap has none), is live: the key is a hint.
         let q = heap.alloc(n).ptr;
         assert_eq!(q, p, "the freed block comes back first");
         // SAFETY: q is live with at least 16 bytes.
-        unsafe { q.cast::<usize>().add(1).write(heap.secret().key()) };
-        assert_eq!(heap.free(q), Err(freed(class_size)), "a cached block of {n}");
-        // SAFETY: as above.
-        unsafe { q.cast::<usize>().add(1).write(0) };
+        unsafe { q.cast::<usize>().add(1).write(heap.secret().key_at(q)) };
+        assert_eq!(heap.usable_size(q), Ok(class_size), "a live block of {n} that reads as free");
         heap.free(q).unwrap();
+        assert_eq!(heap.free(q), Err(freed(class_size)));
+        let q2 = heap.alloc(n).ptr;
+        assert_eq!(q2, q);
+        heap.free(q2).unwrap();
         heap.free(keep).unwrap();
         assert_eq!(heap.free(keep), Err(freed(class_size)));
         heap.free(first).unwrap();
@@ -479,12 +542,22 @@ fn large_blocks_reuse_the_cache_and_grow_in_place_or_move() {
     let p = heap.alloc(1 << 20).ptr;
     heap.free(p).unwrap();
     let q = heap.alloc(1 << 20).ptr;
-    assert_eq!(p, q, "a freed mapping of the same size comes back from the cache");
+    assert_eq!(p, q, "a freed span of the same size comes back");
     // SAFETY: 1 MiB block.
     unsafe { q.write_bytes(7, 1 << 20) };
-    let Resize::Done(r) = heap.resize(q, 64 << 20).unwrap() else { panic!("large growth moves by remapping") };
-    // SAFETY: r holds the old 1 MiB prefix.
-    assert!(unsafe { std::slice::from_raw_parts(r, 1 << 20) }.iter().all(|&b| b == 7));
+    assert_eq!(heap.resize(q, 3 << 20).unwrap(), Resize::Done(q), "a span grows into its free neighbour");
+    assert_eq!(
+        heap.resize(q, 64 << 20).unwrap(),
+        Resize::Move { usable: 3 << 20 },
+        "beyond the spans' limit a block is a mapping of its own"
+    );
+    heap.free(q).unwrap();
+    let m = heap.alloc(8 << 20).ptr;
+    // SAFETY: 8 MiB block.
+    unsafe { m.write_bytes(7, 8 << 20) };
+    let Resize::Done(r) = heap.resize(m, 64 << 20).unwrap() else { panic!("large growth moves by remapping") };
+    // SAFETY: r holds the old 8 MiB prefix.
+    assert!(unsafe { std::slice::from_raw_parts(r, 8 << 20) }.iter().all(|&b| b == 7));
     assert_eq!(heap.usable_size(r).unwrap(), 64 << 20);
     let Resize::Done(s) = heap.resize(r, 200 << 10).unwrap() else { panic!() };
     assert_eq!(s, r, "shrinking stays in place");

@@ -102,6 +102,35 @@ pub fn map_scratch(len: usize) -> *mut u8 {
     if p == libc::MAP_FAILED { ptr::null_mut() } else { p.cast() }
 }
 
+/// The address space the process may still map under its limit
+/// (`RLIMIT_AS`, less what is mapped now: `/proc/self/statm`), or None
+/// when it has no limit (or the numbers cannot be had). For the paths
+/// where the OS refused a mapping: it costs three system calls.
+pub fn address_space_headroom() -> Option<usize> {
+    let _keep = KeepErrno::new();
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `limit` is a valid out-parameter.
+    if unsafe { libc::getrlimit(libc::RLIMIT_AS, &mut limit) } != 0 || limit.rlim_cur == libc::RLIM_INFINITY {
+        return None;
+    }
+    let mut text = [0u8; 128];
+    // SAFETY: a NUL-terminated path; `text` is ours to fill, and read
+    // stops within it. Nothing here allocates.
+    let n = unsafe {
+        let fd = libc::open(c"/proc/self/statm".as_ptr(), libc::O_RDONLY | libc::O_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let n = libc::read(fd, text.as_mut_ptr().cast(), text.len());
+        libc::close(fd);
+        n
+    };
+    // The first field: the pages of the address space.
+    let digits = text.get(..usize::try_from(n).ok()?)?.iter().take_while(|b| b.is_ascii_digit());
+    let pages = digits.fold(0usize, |v, &d| v.saturating_mul(10).saturating_add((d - b'0') as usize));
+    Some((limit.rlim_cur as usize).saturating_sub(pages.saturating_mul(PAGE_SIZE)))
+}
+
 /// The bytes `map_aligned(len, align)` maps before trimming; None if that
 /// overflows (no mapping can serve it).
 pub fn span_needed(len: usize, align: usize) -> Option<usize> {

@@ -208,7 +208,7 @@ impl Pool {
         unsafe {
             block.cast::<usize>().write(secret.mangle(block, self.freeblock));
             if !cfg!(feature = "unchecked") {
-                block.cast::<usize>().add(1).write(secret.key());
+                block.cast::<usize>().add(1).write(secret.key_at(block));
             }
         }
         self.freeblock = block;
@@ -228,9 +228,9 @@ impl Pool {
     }
 
     /// The cheap test of `free`: true if `addr` is a carved block of a pool
-    /// with live blocks, and does not carry the free-block key. False
+    /// with live blocks, and does not carry its free-block key. False
     /// proves nothing: the caller examines the pointer with
-    /// `is_carved_block` and `on_free_list`.
+    /// `is_carved_block`, `on_free_list` and the thread caches.
     #[inline(always)]
     pub fn is_live_block(&self, addr: *mut u8, secret: Secret) -> bool {
         if self.ref_count.get() == 0 || !self.is_carved_block(addr as usize) {
@@ -238,19 +238,20 @@ impl Pool {
         }
         // SAFETY: a carved block of a pool with live blocks: mapped, and
         // at least two words long.
-        cfg!(feature = "unchecked") || unsafe { addr.cast::<usize>().add(1).read() } != secret.key()
+        cfg!(feature = "unchecked") || unsafe { addr.cast::<usize>().add(1).read() } != secret.key_at(addr)
     }
 
-    /// Whether the carved block at `addr` holds the free-block key in its
-    /// second word: free (on this pool's list or in a thread cache).
+    /// Whether the carved block at `addr` holds its free-block key in its
+    /// second word: a hint that it is free (on this pool's list or in a
+    /// thread cache), not proof (see `hardening`).
     pub fn holds_key(&self, addr: *mut u8, secret: Secret) -> bool {
         // SAFETY: callers pass carved blocks: mapped, two words at least.
-        !cfg!(feature = "unchecked") && unsafe { addr.cast::<usize>().add(1).read() } == secret.key()
+        !cfg!(feature = "unchecked") && unsafe { addr.cast::<usize>().add(1).read() } == secret.key_at(addr)
     }
 
     /// `is_live_block` for the thread cache's `free`, without the heap
     /// lock: the class of `addr` if it is a carved block of a pool with
-    /// live blocks that does not hold `key`.
+    /// live blocks that does not hold its key.
     ///
     /// Sound without the lock: for a block the program holds, the pool's
     /// `base`, `block_size`, `recip` and `class` were written before the
@@ -264,7 +265,7 @@ impl Pool {
     /// # Safety
     /// `pool` is a born pool header of a live arena.
     #[inline(always)]
-    pub unsafe fn live_block_class(pool: *const Pool, addr: *mut u8, key: usize) -> Option<usize> {
+    pub unsafe fn live_block_class(pool: *const Pool, addr: *mut u8, secret: Secret) -> Option<usize> {
         // SAFETY: see above.
         unsafe {
             if (*pool).ref_count.get() == 0 {
@@ -279,7 +280,7 @@ impl Pool {
                 return None;
             }
             // A carved block of a pool with live blocks: mapped, two words.
-            if !cfg!(feature = "unchecked") && addr.cast::<usize>().add(1).read() == key {
+            if !cfg!(feature = "unchecked") && addr.cast::<usize>().add(1).read() == secret.key_at(addr) {
                 return None;
             }
             Some((&raw const (*pool).class).read() as usize)

@@ -1,6 +1,8 @@
 //! Large blocks up to `SPAN_MAX` bytes, carved from regions: mappings of
-//! `REGION_SIZE` bytes (or one block's size, when that much address space
-//! is refused), each tiled by spans of whole pages. A span is a live large
+//! `REGION_MIN` to `REGION_MAX` bytes, as much as the regions mapped so
+//! far (so their address space stays in proportion to what they serve:
+//! a memory limit counts all of it), or one block's size when that much
+//! address space is refused; each tiled by spans of whole pages. A span is a live large
 //! block or a run of free pages.
 //!
 //! A freed block merges with its free neighbours and keeps its pages, so
@@ -23,9 +25,11 @@ use core::ptr;
 use crate::geometry::PAGE_SIZE;
 use crate::large_block::LargeBlock;
 
-/// The address space a region reserves. Pages are touched only as spans
-/// are used, so most of it costs nothing until needed.
-pub const REGION_SIZE: usize = 256 << 20;
+/// The address space a region reserves, at least and at most. Pages are
+/// touched only as spans are used, so most of it costs no memory until
+/// needed.
+pub const REGION_MIN: usize = 8 << 20;
+pub const REGION_MAX: usize = 256 << 20;
 /// The largest block served from regions; bigger ones are mappings of
 /// their own, which `mremap` can grow without copying.
 pub const SPAN_MAX: usize = 4 << 20;
@@ -73,6 +77,13 @@ impl Regions {
             regions: 0,
             region_bytes: 0,
         }
+    }
+
+    /// The size of the next region, for a span of `len` bytes: as much as
+    /// the regions mapped now, within `REGION_MIN..=REGION_MAX`, so that
+    /// the regions' address space doubles at most with each new one.
+    pub fn next_region_size(&self, len: usize) -> usize {
+        self.region_bytes.clamp(REGION_MIN, REGION_MAX).max(len)
     }
 
     /// Takes a free span of at least `len` bytes (a multiple of the page

@@ -14,7 +14,7 @@ use crate::heap::Heap;
 use crate::os::OS_TOTALS;
 use crate::pool::Pool;
 use crate::size_class::{NUM_CLASSES, SMALL_CLASSES, class_of, size_of};
-use crate::thread_cache;
+use crate::front;
 
 macro_rules! stats_fields {
     ($( $name:ident : $label:literal, )*) => {
@@ -110,7 +110,7 @@ impl Snapshot {
             }
         });
         // Blocks in thread caches are free, though their pools count them.
-        let cached = thread_cache::holdings(heap);
+        let cached = front::holdings(heap);
         for (class, &blocks) in cached.blocks.iter().enumerate() {
             let (Some(c), size) = (classes.get_mut(class), size_of(class)) else { continue };
             let blocks = not_in_use(&mut t, c, class, blocks);

@@ -1,10 +1,12 @@
-//! The front: a per-thread cache of free blocks in front of the heap's
-//! lock, as glibc's tcache sits in front of its arenas.
+//! One thread's cache of free blocks in front of the heap's lock, as
+//! glibc's tcache sits in front of its arenas: a bin per class up to
+//! `CACHE_MAX`, each a singly linked list of blocks. (Which thread has
+//! which cache, and a cache's life, are `front`'s.)
 //!
 //! ```text
-//!  malloc(n), n <= CACHE_MAX ──► this thread's bin[class]: pop ──► block
+//!  malloc(n), n <= CACHE_MAX ──► bin[class]: pop ──► block
 //!                                    │ empty: one lock, take a batch ─► heap
-//!  free(p), p a pool block   ──► this thread's bin[class]: push
+//!  free(p), p a pool block   ──► bin[class]: push
 //!                                    │ full (or over the byte limit, or
 //!                                    │ a tick due): one lock, give a batch back ─► heap
 //! ```
@@ -12,31 +14,21 @@
 //! The heap stays the single source of truth: a cached block is a block
 //! its pool counts as handed out, which the cache holds for its thread.
 //! `free` pushes onto the calling thread's cache whichever thread
-//! allocated the block, so blocks never go back to an owner and no
-//! thread ever touches another thread's cache (except a `fork` child,
-//! see `reclaim_after_fork`). Pop and push take no lock, make no atomic
-//! read-modify-write and call nothing.
-//!
-//! # Finding the cache
-//!
-//! One pointer per thread, in initial-exec TLS (`tls`): reaching it is a
-//! load of its offset from the GOT and a load relative to the thread
-//! pointer, never `__tls_get_addr`, so it cannot allocate. The pointer also encodes the thread's state:
-//! `NONE` before its first call, `OFF` after it exited (or with the cache
-//! disabled), `CREATING` while the cache is being made.
+//! allocated the block, so blocks never go back to an owner. Pop and
+//! push take no lock, make no atomic read-modify-write and call nothing.
 //!
 //! # Hardening, as in the pools
 //!
 //! A cached block holds a link to the next one in its first word, mangled
-//! with the heap's secret and its own address (`hardening`), and the
+//! with the heap's secret and its own address (`hardening`), and its
 //! free-block key in its second; `malloc` clears the key. A block that
-//! reaches `free` with the key is handed to the heap, whose exact check
-//! calls it a double free (it is on its pool's free list, or in a cache).
-//! Only pool blocks whose pool vouches for them (a carved block of a pool
-//! with live blocks, `Heap::cached_class_of`) enter a cache; anything
-//! else takes the heap's path, which reports invalid pointers. A link
-//! that fails to demangle to an aligned address aborts as a corrupted
-//! free list; flushes check every block exactly.
+//! reaches `free` with its key is handed to the heap, which calls it a
+//! double free only if it finds it on its pool's free list or in a cache
+//! (`contains`). Only pool blocks whose pool vouches for them (a carved
+//! block of a pool with live blocks, `Heap::cached_class_of`) enter a
+//! cache; anything else takes the heap's path, which reports invalid
+//! pointers. A link that fails to demangle to an aligned address aborts
+//! as a corrupted free list; flushes check every block exactly.
 //!
 //! # Bounds and return of memory
 //!
@@ -47,36 +39,39 @@
 //! when every call is served by caches), and once per `PYMALLOC_DECAY_MS`
 //! gives its whole cache back: blocks held longer would pin pools that
 //! could otherwise drain, and what the thread still needs then comes from
-//! the heap's fullest pools. A thread that stops calling keeps at most its
-//! limit.
+//! the heap's fullest pools. The caches of threads that stop calling are
+//! given back by the others (`front`), through the protocol below.
 //!
-//! # Life
+//! # Reaching another thread's bins
 //!
-//! A cache is made on a thread's first call after the library's
-//! constructor has run and once the process has a second thread (earlier
-//! calls use the heap directly: with one thread the heap's lock is elided
-//! and the pools serve a call with less work than a cache's bookkeeping),
-//! from a slab under the heap lock. The debug mode never makes one. A
-//! pthread key's destructor flushes it when the thread exits; after that
-//! the thread's calls use the heap directly, so destructors that run
-//! after ours still work. `malloc_trim` flushes the
-//! calling thread's cache. After `fork` the child's thread keeps its
-//! cache and the caches of threads that do not exist in the child are
-//! given back to the heap (`reclaim_after_fork`).
+//! Only the owner pops and pushes, without a lock. Another thread holding
+//! the heap lock sometimes needs a cache's bins all the same: to give back
+//! the cache of a thread that has gone idle (the decay, `malloc_trim` from
+//! any thread), and to look for a block that holds its free-block key
+//! before calling its free a double free. So the owner marks each of its
+//! lock-free operations `busy` and, inside it, checks `stopped`; the other
+//! thread sets `stopped`, has every running thread of the process execute
+//! a memory barrier (`lock::barrier_all_threads`), and waits for `busy`
+//! to clear. An operation that began before its thread's barrier is seen
+//! busy and waited for; one that begins after sees `stopped` and takes the
+//! heap lock instead, which the other thread holds until it is done with
+//! the bins (Dekker's exclusion, with the owner's half of the fence paid
+//! by the kernel, and only when asked). The owner clears `stopped` under
+//! the heap lock. An owner that stays busy (preempted, or in a signal
+//! handler that forks) is left alone.
 
-use core::ffi::c_void;
 use core::ptr;
-use core::sync::atomic::{AtomicU32, AtomicUsize, Ordering::Relaxed};
+use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, compiler_fence};
 
 use crate::config;
-use crate::hardening::Secret;
 use crate::fault::Fault;
+use crate::geometry::MIN_ALIGN;
+use crate::hardening::Secret;
 use crate::heap::{HEAP, Heap};
-use crate::lock::single_threaded;
-use crate::purge::{self, TICK_FREES};
+use crate::purge::TICK_FREES;
 use crate::size_class::{NUM_CLASSES, class_info, class_of};
-use crate::slab::Slab;
-use crate::tls;
+
+use Ordering::{Acquire, Relaxed, Release};
 
 /// Largest request served by the caches; bigger ones go to the heap.
 pub const CACHE_MAX: usize = 16 << 10;
@@ -87,221 +82,23 @@ const BIN_BYTES: usize = 32 << 10;
 const BIN_MIN: u32 = 4;
 const BIN_MAX: u32 = 128;
 
-/// Thread states stored in the TLS slot in place of a cache pointer.
-const NONE: usize = 0;
-const OFF: usize = 1;
-const CREATING: usize = 2;
-/// Any slot value above this is a cache.
-const LAST_STATE: usize = 4095;
-
 const _: () = assert!(CACHED_CLASSES <= NUM_CLASSES);
 
-/// This thread's slot: its cache pointer or state.
-#[inline(always)]
-fn slot() -> *mut usize {
-    tls::cache_slot()
-}
+/// Pause loops, then yields, that a thread stopping a cache waits for
+/// its owner to leave an operation before leaving that cache alone.
+const SPINS: u32 = 1 << 12;
+const YIELDS: u32 = 16;
 
-/// The calling thread's cache, made on its first call once the process
-/// has a second thread; None when the thread has none: the process has
-/// one thread (the heap's lock is then elided, and the pools serve each
-/// call directly at less cost than a cache's bookkeeping), or the cache is
-/// disabled, the debug mode is on, the thread exited, start-up is not
-/// over, or there was no memory for it.
-#[inline(always)]
-pub fn current() -> Option<&'static mut ThreadCache> {
-    // First, so that a single-threaded call pays one load for the cache
-    // (glibc never sets the flag again once a thread was created, so no
-    // cache exists while it is set).
-    if single_threaded() {
-        return None;
-    }
-    // SAFETY: the slot is this thread's own word, written only by it.
-    let value = unsafe { slot().read() };
-    if value > LAST_STATE {
-        // SAFETY: a cache pointer in the slot is this thread's live cache,
-        // used only by this thread (see the module docs).
-        return Some(unsafe { &mut *(value as *mut ThreadCache) });
-    }
-    if value == NONE { create() } else { None }
-}
+/// What a cache's owner asks the registry (`front`) to do on each of its
+/// clock ticks, with the heap lock held and the clock just read.
+pub type OnTick = fn(&mut Heap, u64);
 
-/// Set by the library's constructor: caches are made only after it, when
-/// the options are read and libc is fully initialised.
-static READY: AtomicU32 = AtomicU32::new(0);
-
-pub fn enable() {
-    READY.store(1, Relaxed);
-}
-
-/// The pthread key whose destructor flushes a cache at thread exit.
-static KEY: AtomicU32 = AtomicU32::new(KEY_UNSET);
-const KEY_UNSET: u32 = u32::MAX;
-const KEY_MAKING: u32 = u32::MAX - 1;
-const KEY_FAILED: u32 = u32::MAX - 2;
-
-/// The key, made on first use (`pthread_key_create` neither allocates
-/// nor takes a lock another thread could hold in `malloc`).
-fn exit_key() -> Option<libc::pthread_key_t> {
-    loop {
-        match KEY.load(Relaxed) {
-            KEY_FAILED => return None,
-            KEY_MAKING => core::hint::spin_loop(),
-            KEY_UNSET => {
-                if KEY.compare_exchange(KEY_UNSET, KEY_MAKING, Relaxed, Relaxed).is_err() {
-                    continue;
-                }
-                let mut key: libc::pthread_key_t = 0;
-                // SAFETY: `key` is a valid out-pointer; the destructor lives forever.
-                let ok = unsafe { libc::pthread_key_create(&mut key, Some(thread_exit)) } == 0;
-                let value = if ok && key < KEY_FAILED { key } else { KEY_FAILED };
-                KEY.store(value, Relaxed);
-            }
-            key => return Some(key),
-        }
-    }
-}
-
-#[cold]
-#[inline(never)]
-fn create() -> Option<&'static mut ThreadCache> {
-    let options = config::get();
-    let limit = if options.debug { 0 } else { options.thread_cache };
-    let slot = slot();
-    if READY.load(Relaxed) == 0 {
-        return None; // start-up: ask again on the next call
-    }
-    // SAFETY: this thread's own slot.
-    unsafe { slot.write(if limit == 0 { OFF } else { CREATING }) };
-    if limit == 0 {
-        return None;
-    }
-    let Some(key) = exit_key() else {
-        // SAFETY: as above.
-        unsafe { slot.write(OFF) };
-        return None;
-    };
-    let cache = {
-        let mut heap = HEAP.lock();
-        // SAFETY: the heap lock is held.
-        let registry = unsafe { Registry::get(&mut heap) };
-        let cache = registry.records.alloc();
-        if !cache.is_null() {
-            heap.ensure_secret();
-            // SAFETY: a fresh slot of the right size, ours alone.
-            unsafe { cache.write(ThreadCache::new(heap.secret(), limit, purge::now_ms())) };
-            registry.link(cache);
-        }
-        cache
-    };
-    // With a key above 31, glibc may allocate here: that call sees
-    // CREATING and uses the heap directly.
-    // SAFETY: the key is ours; `cache` is null or live.
-    if cache.is_null() || unsafe { libc::pthread_setspecific(key, cache.cast()) } != 0 {
-        if !cache.is_null() {
-            // SAFETY: created above, in no thread's slot.
-            unsafe { destroy(cache) };
-        }
-        // SAFETY: as above.
-        unsafe { slot.write(OFF) };
-        return None;
-    }
-    // SAFETY: as above; the cache is live and this thread's.
-    unsafe {
-        slot.write(cache as usize);
-        Some(&mut *cache)
-    }
-}
-
-/// The key's destructor: the thread is exiting.
-extern "C" fn thread_exit(cache: *mut c_void) {
-    let slot = slot();
-    // SAFETY: this thread's own slot; later calls use the heap directly.
-    unsafe {
-        if slot.read() != cache as usize {
-            return; // not ours: nothing to do (cannot happen)
-        }
-        slot.write(OFF);
-        destroy(cache.cast());
-    }
-}
-
-/// Flushes a cache whose thread is gone or going, and frees it.
-///
-/// # Safety
-/// `cache` is a live cache that no thread will use again.
-unsafe fn destroy(cache: *mut ThreadCache) {
-    let mut heap = HEAP.lock();
-    // SAFETY: the caller gives the cache up; the heap lock is held.
-    let result = unsafe { (*cache).flush_all(&mut heap) };
-    // SAFETY: as above.
-    unsafe {
-        let registry = Registry::get(&mut heap);
-        registry.unlink(cache);
-        registry.records.free(cache);
-    }
-    drop(heap);
-    if let Err(fault) = result {
-        crate::fault::fatal("free", fault, ptr::null());
-    }
-}
-
-/// Every cache, for statistics and for `fork`: guarded by the heap lock.
-struct Registry {
-    first: *mut ThreadCache,
-    records: Slab<ThreadCache>,
-}
-
-struct RegistryCell(core::cell::UnsafeCell<Registry>);
-
-// SAFETY: only reached through `Registry::get`, with the heap lock held.
-unsafe impl Sync for RegistryCell {}
-
-static REGISTRY: RegistryCell =
-    RegistryCell(core::cell::UnsafeCell::new(Registry { first: ptr::null_mut(), records: Slab::new() }));
-
-impl Registry {
-    /// # Safety
-    /// The caller holds the heap lock (`_heap` is its guard's heap) and
-    /// drops the result before releasing it.
-    unsafe fn get(_heap: &mut Heap) -> &'static mut Registry {
-        // SAFETY: the heap lock serialises every use.
-        unsafe { &mut *REGISTRY.0.get() }
-    }
-
-    fn link(&mut self, cache: *mut ThreadCache) {
-        // SAFETY: `cache` and the list's caches are live records.
-        unsafe {
-            (*cache).prev = ptr::null_mut();
-            (*cache).next = self.first;
-            if let Some(next) = self.first.as_mut() {
-                next.prev = cache;
-            }
-        }
-        self.first = cache;
-    }
-
-    fn unlink(&mut self, cache: *mut ThreadCache) {
-        // SAFETY: `cache` is on the list; its neighbours are live records.
-        unsafe {
-            let c = &mut *cache;
-            match c.prev.as_mut() {
-                Some(prev) => prev.next = c.next,
-                None => self.first = c.next,
-            }
-            if let Some(next) = c.next.as_mut() {
-                next.prev = c.prev;
-            }
-        }
-    }
-}
-
-/// One class's cached blocks: a singly linked, mangled list.
+/// One class's cached blocks: a singly linked, mangled list. `head` and
+/// `count` are atomics because another lock holder may read and change
+/// them while the owner is stopped (relaxed: plain loads and stores).
 #[repr(C)]
 struct Bin {
-    head: *mut u8,
-    /// Blocks on the list. Atomic only so that statistics may read it
-    /// from another thread (relaxed: plain loads and stores).
+    head: AtomicPtr<u8>,
     count: AtomicU32,
     max: u32,
     size: u32,
@@ -310,66 +107,109 @@ struct Bin {
 #[repr(C)] // what every call reads first, in one cache line with the smallest bins
 pub struct ThreadCache {
     secret: Secret,
-    /// Bytes held by all bins (atomic for statistics, as `Bin::count`).
+    /// Bytes held by all bins.
     bytes: AtomicUsize,
     limit: usize,
     /// Frees left until this thread next reads the clock.
-    ticks: u32,
+    ticks: AtomicU32,
+    /// Set by the owner around each lock-free operation.
+    busy: AtomicBool,
+    /// Set by another thread that holds the heap lock and may be using the
+    /// bins; cleared by the owner under the heap lock.
+    stopped: AtomicBool,
     bins: [Bin; CACHED_CLASSES],
-    /// The clock (ms) at the last scavenge.
-    scavenged_at: u64,
-    next: *mut ThreadCache,
-    prev: *mut ThreadCache,
+    /// The clock (ms) at the last scavenge (written under the heap lock).
+    scavenged_at: AtomicU64,
+    on_tick: OnTick,
 }
 
 impl ThreadCache {
-    fn new(secret: Secret, limit: usize, now: u64) -> ThreadCache {
+    pub fn new(secret: Secret, limit: usize, now: u64, on_tick: OnTick) -> ThreadCache {
         ThreadCache {
             bins: core::array::from_fn(|class| {
                 let size = class_info(class).size;
                 let max = (BIN_BYTES / size as usize).clamp(BIN_MIN as usize, BIN_MAX as usize) as u32;
-                Bin { head: ptr::null_mut(), count: AtomicU32::new(0), max, size }
+                Bin { head: AtomicPtr::new(ptr::null_mut()), count: AtomicU32::new(0), max, size }
             }),
             bytes: AtomicUsize::new(0),
             limit,
-            ticks: TICK_FREES,
+            ticks: AtomicU32::new(TICK_FREES),
+            busy: AtomicBool::new(false),
+            stopped: AtomicBool::new(false),
             secret,
-            scavenged_at: now,
-            next: ptr::null_mut(),
-            prev: ptr::null_mut(),
+            scavenged_at: AtomicU64::new(now),
+            on_tick,
         }
     }
 
     #[inline(always)]
-    fn bin(&mut self, class: usize) -> &mut Bin {
+    fn bin(&self, class: usize) -> &Bin {
         debug_assert!(class < CACHED_CLASSES);
         // SAFETY: callers pass class < CACHED_CLASSES (checked by them).
-        unsafe { self.bins.get_unchecked_mut(class) }
+        unsafe { self.bins.get_unchecked(class) }
+    }
+
+    /// Starts a lock-free operation: false if another thread has stopped
+    /// the cache (the operation then takes the heap lock instead).
+    #[inline(always)]
+    fn enter(&self) -> bool {
+        self.busy.store(true, Relaxed);
+        // The store must stay before the load (see the module doc; the
+        // CPU's half of the fence is `barrier_all_threads`).
+        compiler_fence(Ordering::SeqCst);
+        if self.stopped.load(Relaxed) {
+            self.leave();
+            return false;
+        }
+        true
+    }
+
+    /// Ends a lock-free operation; what it wrote is seen by whoever sees
+    /// `busy` clear.
+    #[inline(always)]
+    fn leave(&self) {
+        self.busy.store(false, Release);
+    }
+
+    /// Under the heap lock, by the owner: the cache is its own again.
+    fn resume(&self) {
+        self.stopped.store(false, Relaxed);
     }
 
     /// A block of `class` (< CACHED_CLASSES) for `function`: popped, or
     /// after a refill. Null only when out of memory (errno is then ENOMEM).
     #[inline(always)]
-    pub fn alloc(&mut self, class: usize, function: &str) -> *mut u8 {
-        let secret = self.secret;
-        let bin = self.bin(class);
-        let block = bin.head;
+    pub fn alloc(&self, class: usize, function: &str) -> *mut u8 {
+        if !self.enter() {
+            return self.alloc_locked(class, function);
+        }
+        let block = self.pop(class, function);
+        self.leave();
         if block.is_null() {
-            return self.refill(class, function);
+            return self.alloc_locked(class, function);
+        }
+        block
+    }
+
+    /// Takes the head of `class`'s bin, or null if it is empty.
+    #[inline(always)]
+    fn pop(&self, class: usize, function: &str) -> *mut u8 {
+        let bin = self.bin(class);
+        let block = bin.head.load(Relaxed);
+        if block.is_null() {
+            return block;
         }
         // SAFETY: the head is a cached block: ours, at least 16 bytes,
         // holding its mangled link in its first word.
-        let next = secret.demangle(block, unsafe { block.cast::<usize>().read() });
-        if next as usize % crate::geometry::MIN_ALIGN != 0 {
+        let next = self.secret.demangle(block, unsafe { block.cast::<usize>().read() });
+        if next as usize % MIN_ALIGN != 0 {
             corrupted(block, bin.size, function);
         }
         // Wrapping: a list longer than its count (an overwritten link)
         // is found by the next flush or heap check, not by a panic here.
-        let count = bin.count.load(Relaxed).wrapping_sub(1);
-        bin.head = next;
-        bin.count.store(count, Relaxed);
-        let size = bin.size as usize;
-        self.bytes.store(self.bytes.load(Relaxed).wrapping_sub(size), Relaxed);
+        bin.head.store(next, Relaxed);
+        bin.count.store(bin.count.load(Relaxed).wrapping_sub(1), Relaxed);
+        self.bytes.store(self.bytes.load(Relaxed).wrapping_sub(bin.size as usize), Relaxed);
         // SAFETY: as above; the block is handed out: its key is cleared.
         unsafe { block.cast::<usize>().add(1).write(0) };
         block
@@ -378,38 +218,32 @@ impl ThreadCache {
     /// Takes `p` (not null) if it is a pool block of a cached class;
     /// false changes nothing (the caller takes the heap's path).
     #[inline(always)]
-    pub fn free(&mut self, p: *mut u8) -> bool {
+    pub fn free(&self, p: *mut u8) -> bool {
         self.free_checked(p, |_| true)
     }
 
     /// `free` of a block only if `accept` takes its class; false (nothing
     /// changed) if not.
     #[inline(always)]
-    pub fn free_checked(&mut self, p: *mut u8, accept: impl FnOnce(usize) -> bool) -> bool {
+    pub fn free_checked(&self, p: *mut u8, accept: impl FnOnce(usize) -> bool) -> bool {
         let Some(class) = self.class_of_block(p) else { return false };
         if class >= CACHED_CLASSES || !accept(class) {
             return false;
         }
-        let secret = self.secret;
-        let (limit, ticks) = (self.limit, self.ticks);
-        let bytes = self.bytes.load(Relaxed);
-        let bin = self.bin(class);
-        let count = bin.count.load(Relaxed);
-        if count >= bin.max || bytes > limit || ticks <= 1 {
-            self.free_slow(p, class);
+        if !self.enter() {
+            self.free_locked(p, class);
             return true;
         }
-        // SAFETY: `cached_class_of` vouched for p: a live block of at least
-        // 16 bytes, which the caller gives up.
-        unsafe {
-            p.cast::<usize>().write(secret.mangle(p, bin.head));
-            p.cast::<usize>().add(1).write(secret.key());
+        let ticks = self.ticks.load(Relaxed);
+        let bin = self.bin(class);
+        if bin.count.load(Relaxed) >= bin.max || self.bytes.load(Relaxed) > self.limit || ticks <= 1 {
+            self.leave();
+            self.free_locked(p, class);
+            return true;
         }
-        bin.head = p;
-        bin.count.store(count + 1, Relaxed);
-        let size = bin.size as usize;
-        self.bytes.store(bytes + size, Relaxed);
-        self.ticks = ticks - 1;
+        self.push(p, class);
+        self.ticks.store(ticks - 1, Relaxed);
+        self.leave();
         true
     }
 
@@ -417,36 +251,41 @@ impl ThreadCache {
     /// found without the lock; None proves nothing.
     #[inline(always)]
     pub fn class_of_block(&self, p: *mut u8) -> Option<usize> {
-        // SAFETY: as in `free`.
-        unsafe { Heap::cached_class_of(HEAP.data_ptr(), p, self.secret.key()) }
+        // SAFETY: `HEAP.data_ptr()` is the heap that function expects.
+        unsafe { Heap::cached_class_of(HEAP.data_ptr(), p, self.secret) }
     }
 
-    /// Pushes `p` without the bounds checks (there is room: the caller
-    /// just made it).
-    fn push(&mut self, p: *mut u8, class: usize) {
-        let secret = self.secret;
+    /// Pushes `p` without the bounds checks (there is room). Only by the
+    /// owner, inside an operation or under the heap lock.
+    #[inline(always)]
+    fn push(&self, p: *mut u8, class: usize) {
         let bin = self.bin(class);
-        // SAFETY: p is a block of `class` that this thread holds.
+        // SAFETY: p is a live block of `class` that this thread gives up.
         unsafe {
-            p.cast::<usize>().write(secret.mangle(p, bin.head));
-            p.cast::<usize>().add(1).write(secret.key());
+            p.cast::<usize>().write(self.secret.mangle(p, bin.head.load(Relaxed)));
+            p.cast::<usize>().add(1).write(self.secret.key_at(p));
         }
-        bin.head = p;
+        bin.head.store(p, Relaxed);
         bin.count.store(bin.count.load(Relaxed) + 1, Relaxed);
-        let size = bin.size as usize;
-        self.bytes.store(self.bytes.load(Relaxed) + size, Relaxed);
+        self.bytes.store(self.bytes.load(Relaxed) + bin.size as usize, Relaxed);
     }
 
-    /// An empty bin: takes half a bin's worth of blocks from the heap under
-    /// one lock acquisition and returns one of them.
+    /// `alloc` under the heap lock: the bin was empty (a refill takes half
+    /// a bin's worth of blocks, within the thread's byte limit, and returns
+    /// one of them) or the cache was stopped.
     #[cold]
     #[inline(never)]
-    fn refill(&mut self, class: usize, function: &str) -> *mut u8 {
-        // Half a bin, within the thread's byte limit (the block returned
-        // is not cached, so at least that one).
-        let room = self.limit.saturating_sub(self.bytes.load(Relaxed)).checked_div(self.bin(class).size as usize).unwrap_or(0);
-        let want = (self.bin(class).max / 2).min(room.min(BIN_MAX as usize) as u32 + 1).max(1);
+    fn alloc_locked(&self, class: usize, function: &str) -> *mut u8 {
         let mut heap = HEAP.lock();
+        self.resume();
+        let cached = self.pop(class, function);
+        if !cached.is_null() {
+            return cached;
+        }
+        let size = self.bin(class).size as usize;
+        // The block returned is not cached, so at least that one.
+        let room = self.limit.saturating_sub(self.bytes.load(Relaxed)).checked_div(size).unwrap_or(0);
+        let want = (self.bin(class).max / 2).min(room.min(BIN_MAX as usize) as u32 + 1).max(1);
         let mut first: *mut u8 = ptr::null_mut();
         for _ in 0..want {
             let block = heap.alloc_class(class);
@@ -470,26 +309,31 @@ impl ThreadCache {
         first
     }
 
-    /// `free` of a block of `class` into a bin that is full, or a cache
-    /// over its byte limit, or when a tick is due: under one lock, gives
-    /// back half the bin (or half of every bin), and on a tick reads the
-    /// clock (the heap's decay) and, once per decay period, gives back
-    /// the whole cache.
+    /// `free` under the heap lock, of a block of `class`: the bin was full
+    /// (half of it goes back), or the cache over its byte limit (half of
+    /// every bin goes back), or a tick was due (the clock is read, the
+    /// heap decays, and once per decay period the whole cache goes back),
+    /// or the cache was stopped.
     #[cold]
     #[inline(never)]
-    fn free_slow(&mut self, p: *mut u8, class: usize) {
+    fn free_locked(&self, p: *mut u8, class: usize) {
         let mut heap = HEAP.lock();
+        self.resume();
         let mut result = Ok(());
-        if self.ticks <= 1 {
-            self.ticks = TICK_FREES;
+        let ticks = self.ticks.load(Relaxed);
+        if ticks <= 1 {
+            self.ticks.store(TICK_FREES, Relaxed);
             let now = heap.tick();
-            if now.saturating_sub(self.scavenged_at) >= config::get().decay_ms as u64 {
+            if now.saturating_sub(self.scavenged_at.load(Relaxed)) >= config::get().decay_ms as u64 {
                 // Every decay period the whole cache goes back: what the
                 // thread still needs comes back from the heap's fullest
                 // pools, and the pools its old blocks pinned can drain.
-                self.scavenged_at = now;
+                self.scavenged_at.store(now, Relaxed);
                 result = result.and(self.flush_all(&mut heap));
             }
+            (self.on_tick)(&mut heap, now);
+        } else {
+            self.ticks.store(ticks - 1, Relaxed);
         }
         if self.bytes.load(Relaxed) > self.limit {
             for c in 0..CACHED_CLASSES {
@@ -501,23 +345,23 @@ impl ThreadCache {
         if count >= max {
             result = result.and(self.flush(&mut heap, class, count - max / 2));
         }
+        self.push(p, class);
         drop(heap);
         if let Err(fault) = result {
             crate::fault::fatal("free", fault, ptr::null());
         }
-        self.push(p, class);
     }
 
     /// Gives the first `n` blocks of `class`'s bin back to the heap,
     /// which checks each one. A block that fails the check (the link that
     /// led to it was overwritten) is a fault; the rest of that bin is then
-    /// abandoned, never followed.
-    fn flush(&mut self, heap: &mut Heap, class: usize, n: u32) -> Result<(), Fault> {
-        let secret = self.secret;
+    /// abandoned, never followed. Under the heap lock, by the owner or by
+    /// a thread that stopped the cache.
+    fn flush(&self, heap: &mut Heap, class: usize, n: u32) -> Result<(), Fault> {
         let bin = self.bin(class);
         let count = bin.count.load(Relaxed);
         let size = bin.size as usize;
-        let (mut block, mut holder) = (bin.head, ptr::null_mut());
+        let (mut block, mut holder) = (bin.head.load(Relaxed), ptr::null_mut());
         let mut done = 0;
         let mut result = Ok(());
         while done < n.min(count) {
@@ -527,7 +371,7 @@ impl ThreadCache {
             };
             // SAFETY: the heap vouched for the block: a carved block of
             // ours, at least 16 bytes, holding our link until it is freed.
-            let next = secret.demangle(block, unsafe { block.cast::<usize>().read() });
+            let next = self.secret.demangle(block, unsafe { block.cast::<usize>().read() });
             // SAFETY: `pool` is the block's pool, as just checked.
             unsafe { heap.free_cached(pool, block) };
             (holder, block) = (block, next);
@@ -537,20 +381,114 @@ impl ThreadCache {
         if result.is_ok() && left == 0 && !block.is_null() {
             result = Err(Fault::CorruptFreeList { at: holder, class_size: size });
         }
-        bin.head = if left == 0 { ptr::null_mut() } else { block };
+        bin.head.store(if left == 0 { ptr::null_mut() } else { block }, Relaxed);
         bin.count.store(left, Relaxed);
         self.bytes.store(self.bytes.load(Relaxed).saturating_sub((count - left) as usize * size), Relaxed);
         result
     }
 
-    /// Gives every block back to the heap.
-    fn flush_all(&mut self, heap: &mut Heap) -> Result<(), Fault> {
+    /// Gives every block back to the heap (as `flush`).
+    pub fn flush_all(&self, heap: &mut Heap) -> Result<(), Fault> {
         let mut result = Ok(());
         for class in 0..CACHED_CLASSES {
             let count = self.bin(class).count.load(Relaxed);
             result = result.and(self.flush(heap, class, count));
         }
         result
+    }
+
+    /// Marks the cache stopped, before `lock::barrier_all_threads`; see
+    /// the module doc. Under the heap lock, by another thread.
+    pub fn stop(&self) {
+        self.stopped.store(true, Relaxed);
+    }
+
+    /// After the barrier: waits (a while) for the owner to leave the
+    /// operation it may be in. True if it did: until the heap lock is
+    /// released, the bins are the caller's to read and change.
+    pub fn settle(&self) -> bool {
+        for i in 0..SPINS + YIELDS {
+            if !self.busy.load(Acquire) {
+                return true;
+            }
+            if i < SPINS {
+                core::hint::spin_loop();
+            } else {
+                // SAFETY: sched_yield has no preconditions.
+                unsafe { libc::sched_yield() };
+            }
+        }
+        false
+    }
+
+    /// Whether `p` is on `class`'s bin. By the owner, or under the heap
+    /// lock by a thread that stopped and settled the cache. The walk
+    /// follows at most the bin's count, and only links to blocks of the
+    /// class that the heap counts as handed out (`pool_of_cached`).
+    pub fn contains(&self, heap: &Heap, p: *mut u8, class: usize) -> bool {
+        if class >= CACHED_CLASSES {
+            return false;
+        }
+        let bin = self.bin(class);
+        let mut block = bin.head.load(Relaxed);
+        for _ in 0..bin.count.load(Relaxed).min(bin.max) {
+            if block == p {
+                return true;
+            }
+            if heap.pool_of_cached(block, class).is_none() {
+                return false;
+            }
+            // SAFETY: a cached block of ours (just checked): mapped, two words.
+            block = self.secret.demangle(block, unsafe { block.cast::<usize>().read() });
+        }
+        false
+    }
+
+    /// What changes with every operation of the owner, for telling a cache
+    /// whose thread has stopped calling: its byte count and its ticks.
+    pub fn activity(&self) -> (usize, u32) {
+        (self.bytes.load(Relaxed), self.ticks.load(Relaxed))
+    }
+
+    /// Blocks in `class`'s bin (read by statistics from any thread).
+    pub fn blocks(&self, class: usize) -> usize {
+        self.bins.get(class).map_or(0, |bin| bin.count.load(Relaxed) as usize)
+    }
+
+    /// Bytes in all bins (read by statistics from any thread).
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Relaxed)
+    }
+
+    /// `pymalloc_check_heap`: each bin holds `count` distinct blocks of its
+    /// class, each a carved block of a live pool with its key, linked
+    /// without a cycle. By the owner, under the heap lock.
+    pub fn check(&self, heap: &Heap) -> Result<(), &'static str> {
+        let mut bytes = 0;
+        for (class, bin) in self.bins.iter().enumerate() {
+            let count = bin.count.load(Relaxed);
+            let mut block = bin.head.load(Relaxed);
+            let mut seen = 0;
+            while !block.is_null() {
+                if seen == count {
+                    return Err("thread cache: more blocks on a bin's list than its count");
+                }
+                if !heap.is_cached_block(block, class) {
+                    return Err("thread cache: a cached block is not a free block of its class");
+                }
+                // SAFETY: checked just above: a carved block of ours.
+                block = self.secret.demangle(block, unsafe { block.cast::<usize>().read() });
+                seen += 1;
+            }
+            if seen != count || count > bin.max {
+                return Err("thread cache: a bin's count does not match its list");
+            }
+            bytes += count as usize * bin.size as usize;
+        }
+        if bytes != self.bytes.load(Relaxed) {
+            return Err("thread cache: byte count does not match its bins");
+        }
+        Ok(())
     }
 }
 
@@ -562,119 +500,35 @@ fn corrupted(block: *mut u8, size: u32, function: &str) -> ! {
     crate::fault::fatal(function, fault, ptr::null())
 }
 
-/// `malloc_trim`: gives the calling thread's cached blocks back to the heap.
-pub fn flush_current(heap: &mut Heap) -> Result<(), Fault> {
-    // SAFETY: the slot is this thread's own word.
-    let value = unsafe { slot().read() };
-    if value <= LAST_STATE {
-        return Ok(());
-    }
-    // SAFETY: this thread's live cache.
-    unsafe { (*(value as *mut ThreadCache)).flush_all(heap) }
-}
-
-/// In a `fork` child, with the heap lock held and the heap consistent:
-/// the caches of the threads that do not exist here go back to the heap.
-/// Their owners may have been stopped inside a push or a pop, so each
-/// list is followed only while its blocks check out exactly
-/// (`Heap::free_cached`); what does not (at most the block being pushed
-/// or popped, and what follows it) stays lost.
-pub fn reclaim_after_fork(heap: &mut Heap) {
-    // SAFETY: the slot is this thread's own word.
-    let mine = unsafe { slot().read() } as *mut ThreadCache;
-    // SAFETY: the heap lock is held.
-    let registry = unsafe { Registry::get(heap) };
-    let mut cache = registry.first;
-    while !cache.is_null() {
-        // SAFETY: registered caches are live records.
-        let next = unsafe { (*cache).next };
-        if cache != mine {
-            // SAFETY: its thread does not exist in this process.
-            let _ = unsafe { (*cache).flush_all(heap) };
-            registry.unlink(cache);
-            // SAFETY: unlinked, unused from now on.
-            unsafe { registry.records.free(cache) };
-        }
-        cache = next;
-    }
-}
-
-/// What all caches hold, for statistics: blocks per class, their bytes,
-/// and the number of caches. Read without their owners' cooperation, so
-/// only approximately consistent while threads run.
-pub struct Holdings {
-    pub blocks: [usize; CACHED_CLASSES],
-    pub bytes: usize,
-    pub threads: usize,
-}
-
-pub fn holdings(_heap: &Heap) -> Holdings {
-    let mut h = Holdings { blocks: [0; CACHED_CLASSES], bytes: 0, threads: 0 };
-    // SAFETY: the heap lock is held (the caller's heap is behind it), so
-    // the list does not change; only its `first` is read here.
-    let mut cache = unsafe { (*REGISTRY.0.get()).first };
-    // SAFETY: registered caches are live records; their counts are atomics.
-    while let Some(c) = unsafe { cache.as_ref() } {
-        for (total, bin) in h.blocks.iter_mut().zip(&c.bins) {
-            *total += bin.count.load(Relaxed) as usize;
-        }
-        h.bytes += c.bytes.load(Relaxed);
-        h.threads += 1;
-        cache = c.next;
-    }
-    h
-}
-
-/// `pymalloc_check_heap`: the calling thread's cache holds, in each bin,
-/// `count` distinct blocks of its class, each a carved block of a live
-/// pool with the free-block key, linked without a cycle.
-pub fn check_current(heap: &Heap) -> Result<(), &'static str> {
-    // SAFETY: the slot is this thread's own word.
-    let value = unsafe { slot().read() };
-    if value <= LAST_STATE {
-        return Ok(());
-    }
-    // SAFETY: this thread's live cache, not in use during this call.
-    check(unsafe { &*(value as *const ThreadCache) }, heap)
-}
-
-fn check(cache: &ThreadCache, heap: &Heap) -> Result<(), &'static str> {
-    let mut bytes = 0;
-    for (class, bin) in cache.bins.iter().enumerate() {
-        let count = bin.count.load(Relaxed);
-        let mut block = bin.head;
-        let mut seen = 0;
-        while !block.is_null() {
-            if seen == count {
-                return Err("thread cache: more blocks on a bin's list than its count");
-            }
-            if !heap.is_cached_block(block, class) {
-                return Err("thread cache: a cached block is not a free block of its class");
-            }
-            // SAFETY: checked just above: a carved block of ours.
-            block = cache.secret.demangle(block, unsafe { block.cast::<usize>().read() });
-            seen += 1;
-        }
-        if seen != count || count > bin.max {
-            return Err("thread cache: a bin's count does not match its list");
-        }
-        bytes += count as usize * bin.size as usize;
-    }
-    if bytes != cache.bytes.load(Relaxed) {
-        return Err("thread cache: byte count does not match its bins");
-    }
-    Ok(())
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use std::collections::HashSet;
 
-    fn new_cache(limit: usize) -> Box<ThreadCache> {
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicBool;
+
+    /// The caches the tests made, with their threads: the heap searches
+    /// the calling thread's (as `front`'s registry does in a process; the
+    /// others are in use by their test threads).
+    static CACHES: Mutex<Vec<(std::thread::ThreadId, usize)>> = Mutex::new(Vec::new());
+
+    fn search(heap: &Heap, p: *mut u8, class: usize) -> bool {
+        let me = std::thread::current().id();
+        // SAFETY: registered test caches live until the process ends
+        // (leaked); the calling thread is their only user.
+        CACHES.lock().unwrap().iter().any(|&(thread, c)| {
+            thread == me && unsafe { (*(c as *const ThreadCache)).contains(heap, p, class) }
+        })
+    }
+
+    fn new_cache(limit: usize) -> &'static ThreadCache {
         let mut heap = HEAP.lock();
         heap.ensure_secret();
-        Box::new(ThreadCache::new(heap.secret(), limit, 0))
+        heap.set_cache_search(search);
+        let cache = Box::leak(Box::new(ThreadCache::new(heap.secret(), limit, 0, |_, _| {})));
+        CACHES.lock().unwrap().push((std::thread::current().id(), cache as *const ThreadCache as usize));
+        cache
     }
 
     /// Random mallocs and frees through a cache (on the process's test
@@ -683,7 +537,7 @@ mod tests {
     /// the thread "exits" (flush) every block is back in the heap.
     #[test]
     fn serves_refills_flushes_and_gives_everything_back() {
-        let mut cache = new_cache(64 << 10);
+        let cache = new_cache(64 << 10);
         let mut live: Vec<(*mut u8, usize)> = Vec::new();
         let mut seen = HashSet::new();
         let mut rng = 0x9E37_79B9_7F4A_7C15u64;
@@ -711,7 +565,7 @@ mod tests {
             assert!(cache.bytes.load(Relaxed) <= cache.limit + CACHE_MAX);
             if step % 5000 == 0 {
                 let heap = HEAP.lock();
-                check(&cache, &heap).unwrap();
+                cache.check(&heap).unwrap();
                 heap.check().unwrap();
             }
         }
@@ -719,10 +573,10 @@ mod tests {
             assert!(cache.free(p));
         }
         let mut heap = HEAP.lock();
-        check(&cache, &heap).unwrap();
+        cache.check(&heap).unwrap();
         cache.flush_all(&mut heap).unwrap();
         assert_eq!(cache.bytes.load(Relaxed), 0);
-        assert!(cache.bins.iter().all(|b| b.head.is_null() && b.count.load(Relaxed) == 0));
+        assert!(cache.bins.iter().all(|b| b.head.load(Relaxed).is_null() && b.count.load(Relaxed) == 0));
         heap.check().unwrap();
     }
 
@@ -731,7 +585,7 @@ mod tests {
     #[test]
     #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
     fn double_free_of_a_cached_block_is_caught() {
-        let mut cache = new_cache(256 << 10);
+        let cache = new_cache(256 << 10);
         for n in [16, 48, 512, 3000, CACHE_MAX] {
             let class = class_of(n);
             let keep = cache.alloc(class, "malloc");
@@ -755,7 +609,7 @@ mod tests {
     #[test]
     #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
     fn overwritten_links_are_reported() {
-        let mut cache = new_cache(256 << 10);
+        let cache = new_cache(256 << 10);
         let class = class_of(64);
         let a = cache.alloc(class, "malloc");
         let b = cache.alloc(class, "malloc");
@@ -763,7 +617,7 @@ mod tests {
         // SAFETY: b is a cached block of 64 bytes: a write after free.
         unsafe { b.cast::<usize>().write(0x1234_5670) };
         let mut heap = HEAP.lock();
-        assert!(check(&cache, &heap).is_err());
+        assert!(cache.check(&heap).is_err());
         let size = class_info(class).size as usize;
         assert_eq!(cache.flush_all(&mut heap), Err(Fault::CorruptFreeList { at: b, class_size: size }));
         assert!(cache.bins.iter().all(|bin| bin.count.load(Relaxed) == 0), "the rest is abandoned");
@@ -777,5 +631,97 @@ mod tests {
             assert!((BIN_MIN..=BIN_MAX).contains(&bin.max));
             assert!(bin.max as usize * bin.size as usize <= BIN_BYTES.max(BIN_MIN as usize * bin.size as usize));
         }
+    }
+
+    /// Stale keys are no proof: a live block holding a copy of a cached
+    /// block's first 16 bytes (glibc's tst-tcfree3), or even its own key
+    /// (a program that wrote back bytes it read from its freed block), is
+    /// freed like any live block.
+    #[test]
+    #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+    fn live_blocks_that_hold_keys_are_live() {
+        let cache = new_cache(256 << 10);
+        for n in [16, 48, 512, 3000, CACHE_MAX] {
+            let class = class_of(n);
+            let (p, q) = (cache.alloc(class, "malloc"), cache.alloc(class, "malloc"));
+            assert!(cache.free(p));
+            // SAFETY: both blocks are mapped and at least 16 bytes (p is
+            // cached: reading it is what the program does wrong, not us).
+            unsafe { q.copy_from(p, 16) };
+            assert!(cache.free(q), "a copied key is no key at another address ({n})");
+            let r = cache.alloc(class, "malloc");
+            assert_eq!(r, q, "the last block freed comes back first");
+            // SAFETY: r is live with at least 16 bytes.
+            unsafe { r.cast::<usize>().add(1).write(cache.secret.key_at(r)) };
+            assert!(!cache.free(r), "a block with its own key goes to the heap");
+            HEAP.lock().free(r).expect("found in no cache and on no free list: live");
+            let again = cache.alloc(class, "malloc");
+            assert!(cache.free(again));
+        }
+        cache.flush_all(&mut HEAP.lock()).unwrap();
+    }
+
+    /// The stop protocol: while its owner pops and pushes as fast as it
+    /// can, another thread stops the cache, waits for it to settle and
+    /// gives all of it back, over and over. No block may be handed out
+    /// twice or lost, and the heap stays consistent.
+    #[test]
+    fn a_stopped_cache_is_the_stoppers_until_the_lock_is_released() {
+        struct Shared(*const ThreadCache);
+        // SAFETY: the stopper touches the cache only through the protocol.
+        unsafe impl Send for Shared {}
+        unsafe impl Sync for Shared {}
+        static DONE: AtomicBool = AtomicBool::new(false);
+        if !crate::lock::barrier_all_threads() {
+            return; // no membarrier here: the protocol is off
+        }
+        let cache = new_cache(64 << 10);
+        let shared = Shared(cache);
+        let stopper = std::thread::spawn(move || {
+            let shared = &shared;
+            let (mut flushed, mut busy) = (0, 0);
+            while !DONE.load(Relaxed) {
+                let mut heap = HEAP.lock();
+                // SAFETY: the cache lives for good; only stop, settle and
+                // (settled, lock held) its bins are used from here.
+                let cache = unsafe { &*shared.0 };
+                cache.stop();
+                assert!(crate::lock::barrier_all_threads());
+                if cache.settle() {
+                    cache.flush_all(&mut heap).unwrap();
+                    flushed += 1;
+                } else {
+                    busy += 1;
+                }
+                drop(heap);
+                std::thread::yield_now();
+            }
+            (flushed, busy)
+        });
+        let mut live = HashSet::new();
+        let mut rng = 0x2545_F491_4F6C_DD1Du64;
+        for _ in 0..300_000 {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            let class = (rng >> 40) as usize % CACHED_CLASSES.min(8);
+            if live.len() < 200 && rng % 2 == 0 {
+                let p = cache.alloc(class, "malloc");
+                assert!(live.insert(p as usize), "{p:p} handed out twice");
+            } else if let Some(&p) = live.iter().next() {
+                live.remove(&p);
+                assert!(cache.free(p as *mut u8));
+            }
+        }
+        DONE.store(true, Relaxed);
+        let (flushed, _) = stopper.join().unwrap();
+        assert!(flushed > 0, "the stopper never got the cache");
+        for p in live {
+            assert!(cache.free(p as *mut u8));
+        }
+        let mut heap = HEAP.lock();
+        cache.check(&heap).unwrap();
+        cache.flush_all(&mut heap).unwrap();
+        heap.check().unwrap();
     }
 }

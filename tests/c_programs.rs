@@ -12,7 +12,7 @@ use std::time::Duration;
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn run_c_program(name: &str, config: Config) {
-    run_c_program_with(name, config, program_env(name));
+    run_c_program_with(name, config, program_env(name), &[]);
 }
 
 /// The environment a program needs in every configuration.
@@ -26,13 +26,13 @@ fn program_env(name: &str) -> Env {
     }
 }
 
-/// Runs a program with the extra environment `env`.
-fn run_c_program_with(name: &str, config: Config, env: &[(&str, &str)]) {
+/// Runs a program with the extra environment `env` and arguments `args`.
+fn run_c_program_with(name: &str, config: Config, env: &[(&str, &str)], args: &[&str]) {
     let lib = library();
     let exe = compile_c(name, config);
     let command = || {
         let mut cmd = Command::new(&exe);
-        clean_env(&mut cmd).envs(env.iter().copied());
+        clean_env(&mut cmd).envs(env.iter().copied()).args(args);
         if config == Config::Preload {
             cmd.env("LD_PRELOAD", &lib);
         }
@@ -47,8 +47,9 @@ fn run_c_program_with(name: &str, config: Config, env: &[(&str, &str)]) {
 
     let mut cmd = command();
     cmd.env("PYMALLOC_EXPECTED", "1");
-    let r = run(cmd, TIMEOUT, &format!("{} ({config:?})", exe.display()));
-    r.assert_success(&format!("{name} ({config:?})"));
+    let what = format!("{name} {} ({config:?})", args.join(" "));
+    let r = run(cmd, TIMEOUT, &what);
+    r.assert_success(&what);
 }
 
 /// Extra environment variables of a run.
@@ -72,7 +73,7 @@ macro_rules! c_tests {
         #[test]
         fn $debug() {
             let env = [DEBUG, program_env($name)].concat();
-            run_c_program_with($name, Config::Linked, &env);
+            run_c_program_with($name, Config::Linked, &env, &[]);
         }
     )*};
 }
@@ -89,6 +90,31 @@ c_tests! {
     cancel_report_preload, cancel_report_linked, cancel_report_debug => "cancel_report";
     sized_free_preload, sized_free_linked, sized_free_debug => "sized_free";
     fuzz_preload, fuzz_linked, fuzz_debug => "fuzz";
+    late_thread_preload, late_thread_linked, late_thread_debug => "late_thread";
+}
+
+/// Programs run once per mode (each mode in a process of its own),
+/// preloaded, linked and in the debug mode.
+macro_rules! c_tests_with_modes {
+    ($($test:ident => $name:literal, [$($mode:literal),*];)*) => {$(
+        #[test]
+        fn $test() {
+            for mode in [$($mode),*] {
+                run_c_program_with($name, Config::Preload, &[], &[mode]);
+                run_c_program_with($name, Config::Linked, &[], &[mode]);
+                run_c_program_with($name, Config::Linked, DEBUG, &[mode]);
+            }
+        }
+    )*};
+}
+
+c_tests_with_modes! {
+    // Under an address-space limit, what is kept gives way, and regions
+    // take address space in proportion to what they serve.
+    oom_headroom => "oom_headroom", ["cache", "region"];
+    // An idle thread's cache is given back by malloc_trim from another
+    // thread, and by the decay driven by another thread's frees.
+    idle_thread => "idle_thread", ["trim", "decay"];
 }
 
 /// The generated header: only meaningful when compiling against it.
@@ -99,9 +125,10 @@ fn header_linked() {
 
 /// A stale pointer to a freed large block faults at once (SIGSEGV): a
 /// cached mapping (8 MiB) and one unmapped at once (the cache off), in
-/// the default and the debug mode; in the debug mode a span of a region
-/// (1 MiB) too, and the old address of one `realloc` moved. A live block,
-/// and one reused after a free, stay usable.
+/// the default and the debug mode; a span of a region grown by `realloc`
+/// beyond the spans' limit; in the debug mode a span of a region (1 MiB)
+/// too, and the old address of one `realloc` moved. A live block, and one
+/// reused after a free, stay usable.
 #[test]
 fn freed_large_blocks_fault_when_touched() {
     use std::os::unix::process::{CommandExt, ExitStatusExt};
@@ -112,6 +139,7 @@ fn freed_large_blocks_fault_when_touched() {
             ("8388608", "read", &[]),
             ("8388608", "write", &[]),
             ("8388608", "read", &[("PYMALLOC_LARGE_CACHE", "0")]),
+            ("3145728", "grown", &[]),
             ("8388608", "read", DEBUG),
             ("1048576", "read", DEBUG),
             ("1048576", "write", DEBUG),

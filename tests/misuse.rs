@@ -33,13 +33,14 @@ fn run_case(case: &str, config: Config, env: &[(&str, &str)]) {
 }
 
 const DEBUG: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "1M")];
+const NO_QUARANTINE: &[(&str, &str)] = &[("PYMALLOC_DEBUG", "1"), ("PYMALLOC_DEBUG_QUARANTINE", "0")];
 
 // Misuse only the debug mode sees.
 tests_in_configs! {
     run_case, {
         debug_preload: Config::Preload, DEBUG;
         debug_linked: Config::Linked, DEBUG;
-        debug_without_quarantine: Config::Preload, &[("PYMALLOC_DEBUG", "1")];
+        debug_default_quarantine: Config::Preload, &[("PYMALLOC_DEBUG", "1")];
     };
     overflow => "overflow";
     overflow_far => "overflow-far";
@@ -52,9 +53,21 @@ tests_in_configs! {
     run_case, {
         debug_preload: Config::Preload, DEBUG;
         debug_linked: Config::Linked, DEBUG;
+        debug_default_quarantine: Config::Preload, &[("PYMALLOC_DEBUG", "1")];
     };
     write_after_free => "write-after-free";
+    write_after_free_small => "write-after-free-small";
+    write_after_free_small_reuse => "write-after-free-small-reuse";
     check_heap_write_after_free => "check-heap-write-after-free";
+}
+
+// With no quarantine: seen when the heap hands the block out again.
+tests_in_configs! {
+    run_case, {
+        debug_preload: Config::Preload, NO_QUARANTINE;
+        debug_linked: Config::Linked, NO_QUARANTINE;
+    };
+    write_after_free_reused => "write-after-free-reused";
 }
 
 tests_in_configs! {

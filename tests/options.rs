@@ -70,7 +70,7 @@ fn verbose_listing(show_stats: &str, debug: &str) -> String {
         "pymalloc {}: options\npymalloc:   PYMALLOC_SHOW_STATS={show_stats}\n\
          pymalloc:   PYMALLOC_STATS_FILE=\n\
          pymalloc:   PYMALLOC_VERBOSE=1\npymalloc:   PYMALLOC_DEBUG={debug}\n\
-         pymalloc:   PYMALLOC_DEBUG_QUARANTINE=0\n\
+         pymalloc:   PYMALLOC_DEBUG_QUARANTINE=1048576\n\
          pymalloc:   PYMALLOC_DECAY_MS=250\npymalloc:   PYMALLOC_LARGE_CACHE=67108864\n\
          pymalloc:   PYMALLOC_THREAD_CACHE=524288\n",
         env!("CARGO_PKG_VERSION")

@@ -76,10 +76,12 @@ int main(int argc, char **argv) {
         churn_small();
         churn_large(LARGE_SIZE);
         /* The six spans merged with each other and the rest of their
-           region: one free span, its first 12 MiB resident. */
+           regions: a free span per region (8 MiB regions, then more as
+           the regions grow), 12 MiB resident in all. */
         pymalloc_stats before = get();
-        CHECK(before.cached_mappings == 1 && before.cached_bytes == LARGE * (size_t)LARGE_SIZE,
-              "%zu mappings cached (%zu bytes), want 1 (%zu)", before.cached_mappings, before.cached_bytes,
+        CHECK(before.cached_mappings >= 1 && before.cached_mappings <= 2 &&
+                  before.cached_bytes == LARGE * (size_t)LARGE_SIZE,
+              "%zu mappings cached (%zu bytes), want 1 or 2 (%zu)", before.cached_mappings, before.cached_bytes,
               LARGE * (size_t)LARGE_SIZE);
         struct timespec pause = {0, 300 * 1000 * 1000};
         nanosleep(&pause, NULL);
@@ -91,7 +93,7 @@ int main(int argc, char **argv) {
                   "after the decay delay: %zu mappings cached, bytes returned %zu -> %zu", after.cached_mappings,
                   before.bytes_returned, after.bytes_returned);
         else
-            CHECK(after.cached_mappings == 1 && after.cached_bytes == before.cached_bytes,
+            CHECK(after.cached_mappings == before.cached_mappings && after.cached_bytes == before.cached_bytes,
                   "before the decay delay: %zu mappings cached (%zu bytes)", after.cached_mappings, after.cached_bytes);
     } else if (strcmp(argv[1], "cache") == 0 && argc == 3) {
         size_t want = strtoul(argv[2], NULL, 10);

@@ -347,6 +347,32 @@ int main(int argc, char **argv) {
         free(p);
         p[5] = 'A';
         expect_write_after_free(p, 48, p);
+    } else if (debug && !strcmp(c, "write-after-free-reused")) {
+        /* No quarantine: the freed block comes back at once, and is
+           checked before it is handed out again. */
+        char *p = malloc(opaque(128));
+        free(p);
+        p[65] = 'a';
+        expect("malloc(): write after free in block %p of 128 bytes: at offset 64: %s", p, hex8(p + 64));
+        free(malloc(opaque(128)));
+    } else if (debug && !strcmp(c, "write-after-free-small")) {
+        /* hardened_malloc's write_after_free_small, with the default
+           quarantine: the block is checked as newer frees push it out. */
+        char *p = malloc(opaque(128));
+        free(p);
+        p[65] = 'a';
+        expect("free(): write after free in block %p of 128 bytes: at offset 64: %s", p, hex8(p + 64));
+        for (int i = 0; i < 100000; i++) free(malloc(opaque(128)));
+    } else if (debug && !strcmp(c, "write-after-free-small-reuse")) {
+        /* hardened_malloc's write_after_free_small_reuse: a block taken
+           after the free is not the freed one, which is still poisoned. */
+        char *p = malloc(opaque(128));
+        free(p);
+        char *volatile q = malloc(opaque(128));
+        (void)q;
+        p[65] = 'a';
+        expect("free(): write after free in block %p of 128 bytes: at offset 64: %s", p, hex8(p + 64));
+        for (int i = 0; i < 100000; i++) free(malloc(opaque(128)));
     } else if (debug && !strcmp(c, "check-heap-overflow")) {
         char *p = malloc(opaque(3000));
         p[3002] = 'A';

@@ -1,6 +1,9 @@
 /* The statistics API: pymalloc_get_stats and mallinfo2 follow allocations
-   up and down, block for block and byte for byte; realloc(p, 0) frees; a shorter (older) struct is filled only as far as it
-   goes; pymalloc_print_stats prints the report (checked by the driver,
+   up and down, block for block and byte for byte; large blocks through
+   every kind of resize (spans shrunk and grown in place or moved,
+   mappings shrunk, grown and moved), checked against a ledger of the
+   live blocks after each call; realloc(p, 0) frees; a shorter (older)
+   struct is filled only as far as it goes; pymalloc_print_stats prints the report (checked by the driver,
    tests/stats.rs). Linked against the header. */
 #include "check.h"
 
@@ -15,7 +18,64 @@ static pymalloc_stats get(void) {
     return s;
 }
 
+/* The large blocks' counters against the ledger of live large blocks
+   (`live`, their usable sizes summed), after every call. */
+static void large_ledger(pymalloc_stats base, void **live, int n, const char *what) {
+    size_t bytes = 0, blocks = 0;
+    for (int i = 0; i < n; i++)
+        if (live[i]) bytes += malloc_usable_size(live[i]), blocks++;
+    pymalloc_stats now = get();
+    CHECK(now.large_blocks == base.large_blocks + blocks, "%s: %zu large blocks, the ledger says %zu", what,
+          now.large_blocks - base.large_blocks, blocks);
+    CHECK(now.large_bytes == base.large_bytes + bytes, "%s: %zu bytes in large blocks, the ledger says %zu", what,
+          now.large_bytes - base.large_bytes, bytes);
+    CHECK(mallinfo2().hblkhd == now.large_bytes, "%s: mallinfo2 hblkhd %zu, stats %zu", what, mallinfo2().hblkhd,
+          now.large_bytes);
+}
+
+static void large_resizes(void) {
+    enum { MiB = 1 << 20 };
+    pymalloc_stats base = get();
+    void *live[4] = {0};
+    /* A span shrunk in place, then freed: 100 times. */
+    for (int i = 0; i < 100; i++) {
+        live[0] = malloc(opaque(2 * MiB));
+        large_ledger(base, live, 4, "span");
+        live[0] = realloc(live[0], opaque(MiB));
+        large_ledger(base, live, 4, "span shrunk");
+        free(live[0]);
+        live[0] = NULL;
+        large_ledger(base, live, 4, "shrunk span freed");
+    }
+    /* Spans grown in place (a free neighbour) and moved (none); beyond
+       the spans' limit; mappings shrunk, grown and moved; back to a span. */
+    static const size_t sizes[] = {300 << 10, 600 << 10, 3 * MiB, 2 * MiB, 6 * MiB, 5 * MiB, 40 * MiB, 12 * MiB,
+                                   3 * MiB, 200 << 10, 100 << 10};
+    live[1] = malloc(opaque(256 << 10));
+    live[2] = malloc(opaque(256 << 10));
+    live[3] = malloc(opaque(8 * MiB));
+    large_ledger(base, live, 4, "neighbours");
+    for (size_t k = 0; k < sizeof sizes / sizeof *sizes; k++) {
+        for (int j = 1; j < 4; j++) {
+            void *q = realloc(live[j], opaque(sizes[k] + 4096 * j));
+            CHECK(q != NULL, "realloc to %zu failed", sizes[k]);
+            live[j] = q;
+            char what[64];
+            snprintf(what, sizeof what, "realloc to %zu", sizes[k] + 4096 * j);
+            large_ledger(base, live, 4, what);
+        }
+        if (k == 4) { /* a hole next to block 1: it can grow in place */
+            free(live[2]);
+            live[2] = malloc(opaque(256 << 10));
+            large_ledger(base, live, 4, "hole");
+        }
+    }
+    for (int j = 0; j < 4; j++) free(live[j]), live[j] = NULL;
+    large_ledger(base, live, 4, "all freed");
+}
+
 int main(void) {
+    large_resizes();
     enum { N = 1000 };
     static void *small[N];
     pymalloc_stats before = get();
