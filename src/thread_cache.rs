@@ -230,18 +230,27 @@ impl ThreadCache {
         if class >= CACHED_CLASSES || !accept(class) {
             return false;
         }
-        if !self.enter() {
-            self.free_locked(p, class);
-            return true;
-        }
-        let ticks = self.ticks.load(Relaxed);
+        // Everything is read before the operation starts and used only if
+        // the cache turns out not stopped: until a stopper sees `busy`
+        // clear it writes nothing, and once it has set `stopped` the check
+        // below sees it (see the module doc). Only stores follow it.
         let bin = self.bin(class);
-        if bin.count.load(Relaxed) >= bin.max || self.bytes.load(Relaxed) > self.limit || ticks <= 1 {
-            self.leave();
+        let (count, bytes, ticks) = (bin.count.load(Relaxed), self.bytes.load(Relaxed), self.ticks.load(Relaxed));
+        let head = bin.head.load(Relaxed);
+        let (link, key) = (self.secret.mangle(p, head), self.secret.key_at(p));
+        if count >= bin.max || bytes > self.limit || ticks <= 1 || !self.enter() {
             self.free_locked(p, class);
             return true;
         }
-        self.push(p, class);
+        // SAFETY: `class_of_block` vouched for p: a live block of at least
+        // 16 bytes, which the caller gives up.
+        unsafe {
+            p.cast::<usize>().write(link);
+            p.cast::<usize>().add(1).write(key);
+        }
+        bin.head.store(p, Relaxed);
+        bin.count.store(count + 1, Relaxed);
+        self.bytes.store(bytes + bin.size as usize, Relaxed);
         self.ticks.store(ticks - 1, Relaxed);
         self.leave();
         true
