@@ -354,11 +354,20 @@ fn check_guards(base: *mut u8, (usable, class_size): (usize, usize), p: *mut u8)
     }
     // SAFETY: p + size .. base + usable lies inside the block.
     let tail = unsafe { core::slice::from_raw_parts(p.add(size), usable - front - size) };
-    if let Some(bad) = tail.iter().position(|&b| b != GUARD) {
+    if let Some(bad) = first_other_than(tail, GUARD) {
         let start = bad - bad % 8;
         return Err(Fault::Overflow { size, offset: size + start, found: eight(tail, start, GUARD) });
     }
     Ok(size)
+}
+
+/// The offset of the first byte of `bytes` that is not `value`, eight
+/// bytes at a time (blocks are checked whole, megabytes of them).
+fn first_other_than(bytes: &[u8], value: u8) -> Option<usize> {
+    let word = u64::from_ne_bytes([value; 8]);
+    let (words, _) = bytes.as_chunks::<8>();
+    let mismatch = words.iter().position(|w| u64::from_ne_bytes(*w) != word).map_or(words.len() * 8, |i| i * 8);
+    bytes.get(mismatch..).unwrap_or_default().iter().position(|&b| b != value).map(|i| mismatch + i)
 }
 
 /// Eight bytes of `bytes` from `start` (`pad` beyond its end).
@@ -376,7 +385,7 @@ fn check_poison(p: *mut u8) -> Result<(), Fault> {
     let size = unsafe { p.sub(HEADER).cast::<usize>().read() };
     // SAFETY: as above.
     let bytes = unsafe { core::slice::from_raw_parts(p, size) };
-    if let Some(bad) = bytes.iter().position(|&b| b != DEAD) {
+    if let Some(bad) = first_other_than(bytes, DEAD) {
         let start = bad - bad % 8;
         return Err(Fault::WriteAfterFree { block: p, size, offset: start, found: eight(bytes, start, DEAD) });
     }
@@ -411,6 +420,18 @@ mod tests {
             }
         }
         heap.check().unwrap();
+    }
+
+    #[test]
+    fn finds_the_first_byte_that_differs() {
+        let mut bytes = vec![DEAD; 100];
+        assert_eq!(first_other_than(&bytes, DEAD), None);
+        for at in [0, 7, 8, 63, 95, 96, 99] {
+            bytes[at] = 1;
+            assert_eq!(first_other_than(&bytes, DEAD), Some(at));
+            assert_eq!(first_other_than(&bytes[..at], DEAD), None);
+            bytes[at] = DEAD;
+        }
     }
 
     #[test]

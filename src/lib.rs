@@ -48,9 +48,10 @@
 //!  entry    cxx, abi, init      C and C++ exports: argument checks, errno,
 //!                               glibc's semantics; the constructor
 //!  front    fork, report,       fork handlers; statistics reports and
-//!           stats,              snapshots; the per-thread caches; the
-//!           thread_cache,       debug mode's guard bytes and its own
-//!           debug_mode          quarantine (guarded by the heap lock)
+//!           stats, front,       snapshots; which thread has which cache
+//!           thread_cache,       and their registry; one thread's cache;
+//!           debug_mode          the debug mode's guard bytes and its own
+//!                               quarantine (guarded by the heap lock)
 //!  heap     check, heap         the one lock (HEAP); dispatch by size;
 //!                               the per-class pool lists; the clock;
 //!                               releasing reserves when the OS refuses;
@@ -72,8 +73,9 @@
 //!           geometry            and the geometry
 //! ```
 //!
-//! A `free` reads top to bottom: `abi::free` -> `thread_cache` (most
-//! calls end here, no lock) -> `Heap::free_fast` under a free lock ->
+//! A `free` reads top to bottom: `abi::free` -> `front::current` ->
+//! `thread_cache` (most calls end here, no lock) -> `Heap::free_fast`
+//! under a free lock ->
 //! `abi::release` (the general path, beside the fast one) ->
 //! `debug_mode` when on, else `Heap::free` -> `pool` or `Large::free`.
 //! The options sit in the system layer because every layer reads one.
@@ -90,8 +92,10 @@
 //!   its last emptied pool on its used list until it decays, so a class
 //!   that empties and refills a pool in turn stays on the fast path.
 //! - A free block's link is stored mangled with its own address and a
-//!   per-process secret, and its second word holds a key that marks it
-//!   free (double-free detection); only these 16 bytes of a free block are
+//!   per-process secret, and its second word holds a key bound to its
+//!   address that marks it free: a hint for double-free detection, which
+//!   looks for the block on its pool's free list and in the thread caches
+//!   before calling it freed; only these 16 bytes of a free block are
 //!   ever written; see `hardening`. `PYMALLOC_DEBUG=1` wraps every block
 //!   in guard bytes (`debug_mode`).
 //! - Each tier's usable arenas are sorted by free pools, most used first,
@@ -115,12 +119,16 @@
 //! # Locking rules
 //!
 //! Each thread's cache (`thread_cache`, reached through one initial-exec
-//! TLS word) serves `malloc` and `free` of blocks up to 16 KiB without
-//! any lock or atomic read-modify-write; it takes the heap lock once per
-//! batch (an empty bin refills, a full one flushes half). Its `free`
-//! checks the pointer against the arena map and the pool header without
-//! the lock: the fields read either stay fixed while the block is live or
-//! are atomics written under the lock (`pool::Shared`).
+//! TLS word, `front`) serves `malloc` and `free` of blocks up to 16 KiB
+//! without any lock or atomic read-modify-write; it takes the heap lock
+//! once per batch (an empty bin refills, a full one flushes half). Its
+//! `free` checks the pointer against the arena map and the pool header
+//! without the lock: the fields read either stay fixed while the block is
+//! live or are atomics written under the lock (`pool::Shared`). A thread
+//! holding the heap lock may stop another thread's cache and use its bins
+//! (the owner marks its operations busy; the stopper passes a process-wide
+//! barrier, `membarrier`, and waits for the owner to leave); the owner
+//! takes its cache back under the heap lock.
 //!
 //! One global lock (`heap::HEAP`, a futex mutex behind `lock_api`, see
 //! `lock`) guards the whole heap. While it is held the code never calls
