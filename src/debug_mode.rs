@@ -23,14 +23,15 @@
 //! - `malloc_usable_size` is the requested size: writing beyond it is an
 //!   overflow. `realloc` always moves the block, so stale pointers to the
 //!   old one point at poisoned memory.
-//! - Freed blocks wait in a quarantine, still poisoned (and their header
-//!   guards turned to `0xDD`), until `PYMALLOC_DEBUG_QUARANTINE` bytes (1
-//!   MiB by default) of newer frees push them out; a block leaving the
-//!   quarantine is checked for writes after free. A second free of a
-//!   block found in the quarantine is a double free. A block the heap
-//!   hands out again is checked too, if it still holds the poisoned
-//!   debug block it was (with no quarantine, that is where a write after
-//!   free shows).
+//! - Freed pool blocks wait in a quarantine, still poisoned (and their
+//!   header guards turned to `0xDD`), until `PYMALLOC_DEBUG_QUARANTINE`
+//!   bytes (1 MiB by default) of newer frees push them out (a freed large
+//!   block is made inaccessible at once, which catches reads too); a
+//!   block leaving the quarantine is checked for writes after free. A
+//!   second free of a block found in the quarantine is a double free. A
+//!   block the heap hands out again is checked too, if it still holds the
+//!   poisoned debug block it was (with no quarantine, that is where a
+//!   write after free shows).
 //!
 //! Everything runs with the heap lock held (`locked` takes it), as the
 //! heap does; the quarantine is this layer's own, guarded by the same
@@ -124,6 +125,8 @@ struct Live {
     /// The caller's pointer and requested size.
     p: *mut u8,
     size: usize,
+    /// A large block (a span or a mapping), not a pool block.
+    large: bool,
 }
 
 /// A block of `n` bytes aligned to `align` (a power of two): fresh bytes
@@ -194,8 +197,10 @@ pub fn free(heap: &mut Heap, quarantine: &mut Quarantine, p: *mut u8, sized: Opt
         live.p.write_bytes(DEAD, live.size);
         live.p.sub(8).write_bytes(DEAD, 8);
     }
+    // A large block is made inaccessible at once instead (a freed span
+    // is closed, a mapping unmapped or moved away): a stale read faults.
     let limit = config::get().debug_quarantine;
-    if limit == 0 {
+    if limit == 0 || live.large {
         return heap.free(live.base);
     }
     quarantine.push(live.base as usize, p as usize, live.usable);
@@ -315,7 +320,7 @@ fn locate(heap: &Heap, quarantine: &Quarantine, p: *mut u8) -> Result<Live, Faul
                     }
                     checked => checked?,
                 };
-                return Ok(Live { base, usable: info.0, p, size });
+                return Ok(Live { base, usable: info.0, p, size, large: info.1 == 0 });
             }
             Err(Fault::InvalidPointer) => {}
             Err(freed @ Fault::Freed { class_size: 0 }) => verdict = freed,

@@ -2,8 +2,8 @@
 //! `REGION_MIN` to `REGION_MAX` bytes, as much as the regions mapped so
 //! far (so their address space stays in proportion to what they serve:
 //! a memory limit counts all of it), or one block's size when that much
-//! address space is refused; each tiled by spans of whole pages. A span is a live large
-//! block or a run of free pages.
+//! address space is refused; each tiled by spans of whole pages. A span
+//! is a live large block or a run of free pages.
 //!
 //! A freed block merges with its free neighbours and keeps its pages, so
 //! the next large request of any size reuses pages that are already

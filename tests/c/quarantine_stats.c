@@ -2,7 +2,8 @@
    the in-use counts of pymalloc_get_stats and mallinfo2 exactly as they
    were before they were allocated, and are counted in a row of their own
    (quarantined_blocks/bytes; mallinfo2's smblks/fsmblks, glibc's rows for
-   freed blocks held back); malloc_trim gives them back. Run by
+   freed blocks held back); malloc_trim gives them back. Large blocks skip
+   the quarantine (made inaccessible at once instead). Run by
    tests/stats.rs with PYMALLOC_DEBUG=1 and a quarantine of 64 MiB. */
 #include "check.h"
 
@@ -17,7 +18,7 @@ static pymalloc_stats get(void) {
 int main(void) {
     enum { N = 100 };
     static void *blocks[N];
-    static const size_t sizes[] = {24, 3000, 40000, 1 << 20};
+    static const size_t sizes[] = {24, 3000, 40000, 100000};
     enum { KINDS = sizeof sizes / sizeof *sizes };
 
     pymalloc_stats before = get();
@@ -54,6 +55,15 @@ int main(void) {
     CHECK(mi_after.smblks == after.quarantined_blocks && mi_after.fsmblks == after.quarantined_bytes,
           "mallinfo2 smblks/fsmblks %zu/%zu, quarantined %zu/%zu", mi_after.smblks, mi_after.fsmblks,
           after.quarantined_blocks, after.quarantined_bytes);
+
+    void *large = malloc(opaque(1 << 20));
+    pymalloc_stats with_large = get();
+    free(large);
+    pymalloc_stats large_freed = get();
+    CHECK(large_freed.quarantined_blocks == with_large.quarantined_blocks &&
+              large_freed.large_blocks == with_large.large_blocks - 1,
+          "a freed large block was quarantined (%zu -> %zu)", with_large.quarantined_blocks,
+          large_freed.quarantined_blocks);
 
     malloc_trim(0);
     pymalloc_stats trimmed = get();
