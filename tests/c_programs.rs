@@ -91,6 +91,14 @@ c_tests! {
     sized_free_preload, sized_free_linked, sized_free_debug => "sized_free";
     fuzz_preload, fuzz_linked, fuzz_debug => "fuzz";
     late_thread_preload, late_thread_linked, late_thread_debug => "late_thread";
+    stale_keys_preload, stale_keys_linked, stale_keys_debug => "stale_keys";
+}
+
+/// Stale keys are hints on the heap's own path too, with no thread cache
+/// to confirm or refute them.
+#[test]
+fn stale_keys_no_thread_cache() {
+    run_c_program_with("stale_keys", Config::Preload, &[("PYMALLOC_THREAD_CACHE", "0")], &[]);
 }
 
 /// Programs run once per mode (each mode in a process of its own),
