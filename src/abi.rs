@@ -12,13 +12,14 @@ use crate::config;
 use crate::fault::{self, Fault, fatal};
 use crate::debug_mode::{self, Quarantine};
 use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
-use crate::heap::{Block, HEAP, Heap, HeapGuard, Resize, sized_fits_class, stays_in_place};
+use crate::heap::{Block, HEAP, Heap, HeapGuard, PoolBlock, Resize, sized_fits_class, stays_in_place};
 use crate::size_class::{self, class_of};
 use crate::os::set_errno;
 use crate::report;
 use crate::print::{ChunkWriter, write_fd};
 use crate::stats::{Snapshot, Totals};
 use crate::front;
+use crate::lock::single_threaded;
 use crate::thread_cache::CACHE_MAX;
 
 /// Whether the debug mode (`debug_mode`) is on; resolves the options on
@@ -61,11 +62,39 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
     block
 }
 
-/// `malloc`: the fast path (`Heap::alloc_fast`) when the lock is free
-/// and the options are resolved (without the debug mode), else the
-/// general one.
+/// `malloc`: one decision on the path, then a small leaf whose slow
+/// paths are tail calls. A process with one thread takes a block from the
+/// head pool of its class (the lock is elided); a thread with a cache
+/// pops it; anything else (the debug mode, options not yet read, a large
+/// block, an empty pool list, a thread without a cache yet) goes on to
+/// `malloc_contended`.
 #[inline(always)]
 fn malloc_fast(n: usize, function: &str) -> *mut c_void {
+    if single_threaded() {
+        if n <= MEDIUM_MAX && config::fast_paths() {
+            // The lock is elided: `try_lock` cannot fail here.
+            if let Some(mut heap) = HEAP.try_lock() {
+                let p = heap.alloc_fast(class_of(n));
+                if !p.is_null() {
+                    return p.cast();
+                }
+            }
+        }
+        return alloc_general(n, function);
+    }
+    if n <= CACHE_MAX {
+        if let Some(cache) = front::made() {
+            return cache.alloc(class_of(n), function).cast();
+        }
+    }
+    malloc_contended(n, function)
+}
+
+/// `malloc` in a process with threads, without a cache to serve it: the
+/// thread's first call (which makes its cache), or the heap's fast path
+/// when its lock is free, else the general path.
+#[inline(never)]
+fn malloc_contended(n: usize, function: &str) -> *mut c_void {
     if n <= CACHE_MAX {
         if let Some(cache) = front::current() {
             return cache.alloc(class_of(n), function).cast();
@@ -116,13 +145,33 @@ fn alloc_aligned(align: usize, n: usize, function: &str) -> *mut c_void {
     block.ptr.cast()
 }
 
-/// `free`: the fast path (`Heap::free_fast`) as for `malloc_fast`, else
-/// the general one.
+/// `free`: the paths of `malloc_fast`, in the same order.
 #[inline(always)]
 pub(crate) fn free_fast(p: *mut c_void, function: &str) {
     if p.is_null() {
         return;
     }
+    if single_threaded() {
+        if config::fast_paths() {
+            if let Some(mut heap) = HEAP.try_lock() {
+                if heap.free_fast(p.cast()) {
+                    return;
+                }
+            }
+        }
+        return release_general(p, function);
+    }
+    if let Some(cache) = front::made() {
+        if cache.free(p.cast()) {
+            return;
+        }
+    }
+    free_contended(p, function)
+}
+
+/// `free` in a process with threads that no cache took, as `malloc_contended`.
+#[inline(never)]
+fn free_contended(p: *mut c_void, function: &str) {
     if let Some(cache) = front::current() {
         if cache.free(p.cast()) {
             return;
@@ -136,6 +185,23 @@ pub(crate) fn free_fast(p: *mut c_void, function: &str) {
         }
     }
     release_general(p, function)
+}
+
+/// `free` of `p`, a pool block the lock-free lookup found as `block`.
+#[inline(always)]
+fn free_pool_block(p: *mut c_void, block: PoolBlock) {
+    if single_threaded() {
+        if let Some(mut heap) = HEAP.try_lock() {
+            if heap.free_fast_in(block.pool, p.cast()) {
+                return;
+            }
+        }
+    } else if let Some(cache) = front::made() {
+        if cache.free_of_class(p.cast(), block.class) {
+            return;
+        }
+    }
+    free_fast(p, "realloc")
 }
 
 #[inline(never)]
@@ -167,11 +233,13 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
         free_fast(p, "realloc");
         return ptr::null_mut();
     }
-    // A pool block, with a thread cache: no lock unless the heap is needed.
-    if let Some(cache) = front::current() {
-        if let Some(class) = cache.class_of_block(p.cast()) {
-            let usable = size_class::size_of(class);
-            if stays_in_place(n, usable, class) {
+    // A pool block, looked up once: no lock unless the heap is needed
+    // (for the new block, or to take the old one back).
+    if config::fast_paths() {
+        // SAFETY: `HEAP.data_ptr()` is the heap that function expects.
+        if let Some(block) = unsafe { Heap::live_block(HEAP.data_ptr(), p.cast()) } {
+            let usable = size_class::size_of(block.class);
+            if stays_in_place(n, usable, block.class) {
                 return p;
             }
             let q = malloc_fast(n, "realloc");
@@ -182,7 +250,7 @@ fn resize(p: *mut c_void, n: usize) -> *mut c_void {
             // SAFETY: both blocks are live, distinct, and hold at least
             // min(usable, n) bytes.
             unsafe { ptr::copy_nonoverlapping(p.cast::<u8>(), q.cast::<u8>(), usable.min(n)) };
-            free_fast(p, "realloc");
+            free_pool_block(p, block);
             return q;
         }
     }
@@ -227,18 +295,19 @@ fn zeroed_alloc(count: usize, size: usize) -> *mut c_void {
         set_errno(libc::ENOMEM);
         return ptr::null_mut();
     };
+    // A small block is cleared whatever it is: `malloc`'s fast paths
+    // serve it. Above SMALL_MAX the heap knows whether a fresh block was
+    // carved from pages the OS zeroed, and clears only the others.
+    if n <= SMALL_MAX {
+        let p = malloc_fast(n, "calloc");
+        if !p.is_null() {
+            // SAFETY: a block of at least n bytes, ours.
+            unsafe { ptr::write_bytes(p.cast::<u8>(), 0, n) };
+        }
+        return p;
+    }
     if debug_on() {
         return debug_alloc(n, 1, true, "calloc");
-    }
-    if n <= SMALL_MAX {
-        if let Some(cache) = front::current() {
-            let p = cache.alloc(class_of(n), "calloc");
-            if !p.is_null() {
-                // SAFETY: a block of at least n bytes, ours.
-                unsafe { ptr::write_bytes(p, 0, n) };
-            }
-            return p.cast();
-        }
     }
     let mut heap = HEAP.lock();
     let block = heap.alloc(n);

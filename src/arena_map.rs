@@ -21,6 +21,7 @@ use crate::arena::Arena;
 use crate::geometry::GRANULE_SHIFT;
 use crate::large_block::LargeBlock;
 use crate::os;
+use crate::pool::Pool;
 
 const ADDRESS_BITS: u32 = 48;
 const KEY_BITS: u32 = ADDRESS_BITS - GRANULE_SHIFT;
@@ -98,7 +99,7 @@ impl ArenaMap {
     ///
     /// Takes a raw pointer and reads only the two entries on the way, so
     /// that the thread cache may call it without the heap lock (see
-    /// `Heap::cached_class_of`): a root entry never changes once set, and
+    /// `Heap::live_block`): a root entry never changes once set, and
     /// a granule's entry does not change while a block in it is live.
     ///
     /// # Safety
@@ -119,6 +120,26 @@ impl ArenaMap {
         // SAFETY: a tagged entry encodes a live descriptor, never null.
         unsafe { core::hint::assert_unchecked(entry != ARENA_TAG) };
         (entry - ARENA_TAG) as *mut Arena
+    }
+
+    /// The lookup of every `free`: the header of the born pool holding
+    /// `addr`, or None (no arena of ours there, or a pool never born). A
+    /// pointer into a large block, or none of ours, finds None. Lock-free
+    /// as `arena_of`, whose conditions it shares: for a block the program
+    /// holds, the answer cannot change under it.
+    ///
+    /// # Safety
+    /// `map` points to a live map.
+    #[inline(always)]
+    pub unsafe fn pool_of(map: *const ArenaMap, addr: usize) -> Option<*mut Pool> {
+        // SAFETY: as the caller guarantees; the map names live arenas only.
+        unsafe {
+            let arena = Self::arena_of(map, addr);
+            if arena.is_null() {
+                return None;
+            }
+            Arena::pool_at(arena, addr)
+        }
     }
 
     /// Records `owner` for every granule of `start..start+len`; false (and

@@ -36,7 +36,7 @@
 use core::cell::UnsafeCell;
 use core::ffi::c_char;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicU8, Ordering};
+use core::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 
 use crate::print::{ChunkWriter, write_fd};
 
@@ -246,6 +246,10 @@ const RESOLVED: u8 = 2;
 
 static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
 
+/// Set with RESOLVED when the debug mode is off: the one load with which
+/// `malloc` and `free` decide on their fast paths.
+static FAST: AtomicBool = AtomicBool::new(false);
+
 struct Cell(UnsafeCell<Options>);
 
 // SAFETY: written once, by the thread that moved STATE to RESOLVING, and
@@ -258,8 +262,9 @@ static OPTIONS: Cell = Cell(UnsafeCell::new(Options::DEFAULT));
 /// are resolved and the debug mode (another block layout) is off.
 #[inline(always)]
 pub fn fast_paths() -> bool {
-    // SAFETY: OPTIONS is read only once RESOLVED (see `Cell`).
-    STATE.load(Ordering::Acquire) == RESOLVED && !unsafe { (*OPTIONS.0.get()).debug }
+    // Relaxed: the fast paths read no option (the general path reads
+    // them through `get`), so that loads after this one stay free to merge.
+    FAST.load(Ordering::Relaxed)
 }
 
 /// Resolves the options if that has not happened yet.
@@ -293,6 +298,7 @@ fn resolve() {
             // SAFETY: we won the race to RESOLVING; nobody reads before RESOLVED.
             unsafe { *OPTIONS.0.get() = options };
             STATE.store(RESOLVED, Ordering::Release);
+            FAST.store(!options.debug, Ordering::Release);
             if options.verbose {
                 print_options(&options);
             }

@@ -69,6 +69,13 @@ pub fn stays_in_place(n: usize, usable: usize, class: usize) -> bool {
     n <= usable && (4 * n > 3 * usable || (n <= MEDIUM_MAX && class_of(n) == class))
 }
 
+/// A live pool block as the lock-free lookup found it (`Heap::live_block`).
+#[derive(Clone, Copy)]
+pub struct PoolBlock {
+    pub pool: *mut Pool,
+    pub class: usize,
+}
+
 #[repr(C)] // hot fields first, together; the 256 KiB arena map last
 pub struct Heap {
     /// Per class, the pools with blocks both in use and free, most
@@ -95,8 +102,8 @@ pub struct Heap {
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
     clock: u64,
-    /// Calls to `free` since the last tick.
-    frees_since_tick: u32,
+    /// Calls to `free` left until the next tick.
+    frees_to_tick: u32,
     /// Searches the thread caches; None while there are none.
     cache_search: Option<CacheSearch>,
 }
@@ -119,7 +126,7 @@ impl Heap {
             has_fault: false,
             fault: Fault::InvalidPointer,
             clock: 0,
-            frees_since_tick: 0,
+            frees_to_tick: TICK_FREES,
             cache_search: None,
         }
     }
@@ -199,17 +206,16 @@ impl Heap {
     #[inline(always)]
     pub fn free_fast_checked(&mut self, p: *mut u8, accept: impl FnOnce(usize) -> bool) -> bool {
         // SAFETY: our own live map.
-        let arena = unsafe { ArenaMap::arena_of(&self.map, p as usize) };
-        if arena.is_null() {
-            return false;
-        }
-        // SAFETY: the map only names live arena descriptors.
-        let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
-        // SAFETY: pool_at returns only born pools of the arena.
+        let Some(pool) = (unsafe { ArenaMap::pool_of(&self.map, p as usize) }) else { return false };
+        // SAFETY: `pool_of` returns only born pools of live arenas.
+        accept(unsafe { (*pool).class } as usize) && self.free_fast_in(pool, p)
+    }
+
+    /// `free_fast` of `p`, whose pool a lookup found to be `pool`.
+    #[inline(always)]
+    pub fn free_fast_in(&mut self, pool: *mut Pool, p: *mut u8) -> bool {
+        // SAFETY: the caller's lookup returned a born pool of a live arena.
         let pool = unsafe { &mut *pool };
-        if !accept(pool.class as usize) {
-            return false;
-        }
         if pool.ref_count.get() <= 1 {
             // The pool may become empty: only the kept pool stays as it is,
             // stamped for `purge` (a stamp on a pool with live blocks is
@@ -219,44 +225,43 @@ impl Heap {
             }
             pool.emptied_at = self.clock;
         }
-        if self.frees_since_tick + 1 >= TICK_FREES || !pool.is_live_block(p, self.secret) {
+        if self.frees_to_tick <= 1 || !pool.is_unkeyed_carved_block(p, self.secret) {
             return false;
         }
         let was_full = pool.is_full();
-        // SAFETY: is_live_block vouched for p.
+        // SAFETY: a carved block of a pool with live blocks, without its
+        // key: live (the general path examines anything else).
         unsafe { pool.free(p, self.secret) };
         if was_full {
             self.link_used(pool);
         }
-        self.frees_since_tick += 1;
+        self.frees_to_tick -= 1;
         true
     }
 
-    /// The class of `p` if its pool vouches for it as a live block (see
-    /// `Pool::live_block_class`), read without the lock for the thread
-    /// cache's `free`. None proves nothing: the caller then takes the
-    /// locked path, which examines `p` exactly.
+    /// The lookup of `free` and `realloc` without the lock: `p` as a live
+    /// block of a pool that vouches for it (see `Pool::live_block_class`).
+    /// None proves nothing: the caller then takes the locked path, which
+    /// examines `p` exactly.
     ///
     /// Sound without the lock: for a block the program holds, the map
     /// entry of its granule and its arena's `base` and `pool_shift` were
     /// written before the block was handed out (and the handing out
-    /// happened before this `free`), and none of them changes until the
+    /// happened before this call), and none of them changes until the
     /// arena is wholly free, which this block prevents; the pool fields
-    /// read are as `Pool::live_block_class` says. For any other pointer
+    /// read are as `Pool::live_block_class` says. The secret is written
+    /// once, before the first block is handed out. For any other pointer
     /// the result is only a first filter.
     ///
     /// # Safety
     /// `heap` is `HEAP.data_ptr()`.
     #[inline(always)]
-    pub unsafe fn cached_class_of(heap: *const Heap, p: *mut u8, secret: Secret) -> Option<usize> {
+    pub unsafe fn live_block(heap: *const Heap, p: *mut u8) -> Option<PoolBlock> {
         // SAFETY: see above; only raw reads, no reference to the heap.
         unsafe {
-            let arena = ArenaMap::arena_of(&raw const (*heap).map, p as usize);
-            if arena.is_null() {
-                return None;
-            }
-            let pool = Arena::pool_at(arena, p as usize)?;
-            Pool::live_block_class(pool, p, secret)
+            let pool = ArenaMap::pool_of(&raw const (*heap).map, p as usize)?;
+            let class = Pool::live_block_class(pool, p, (&raw const (*heap).secret).read())?;
+            Some(PoolBlock { pool, class })
         }
     }
 
@@ -339,7 +344,7 @@ impl Heap {
                 // only for addresses inside their arena.
                 if let Some(pool) = unsafe { Arena::pool_at(arena, p as usize) } {
                     // SAFETY: pool_at returns only born pools of the arena.
-                    if unsafe { (*pool).is_live_block(p, self.secret) } {
+                    if unsafe { (*pool).ref_count.get() > 0 && (*pool).is_unkeyed_carved_block(p, self.secret) } {
                         return Ok(Found::Pool(pool));
                     }
                 }
@@ -400,8 +405,8 @@ impl Heap {
     /// Counts a call to `free`: every `TICK_FREES` of them, the clock.
     #[inline(always)]
     fn count_free(&mut self) {
-        self.frees_since_tick += 1;
-        if self.frees_since_tick >= TICK_FREES {
+        self.frees_to_tick = self.frees_to_tick.saturating_sub(1);
+        if self.frees_to_tick == 0 {
             self.tick();
         }
     }
@@ -445,7 +450,7 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn tick(&mut self) -> u64 {
-        self.frees_since_tick = 0;
+        self.frees_to_tick = TICK_FREES;
         self.clock = purge::now_ms();
         self.purge(self.clock.saturating_sub(config::get().decay_ms as u64));
         self.clock

@@ -73,11 +73,15 @@
 //!           geometry            and the geometry
 //! ```
 //!
-//! A `free` reads top to bottom: `abi::free` -> `front::current` ->
-//! `thread_cache` (most calls end here, no lock) -> `Heap::free_fast`
-//! under a free lock ->
-//! `abi::release` (the general path, beside the fast one) ->
-//! `debug_mode` when on, else `Heap::free` -> `pool` or `Large::free`.
+//! A `free` reads top to bottom: `abi::free` decides its path once: with
+//! one thread, the lookup (`ArenaMap::pool_of`) and `Heap::free_fast_in`
+//! (the lock elided); with a cache (`front::made`), the lock-free lookup
+//! (`Heap::live_block`) and `ThreadCache::free_of_class` (most calls end
+//! there, no lock); else `abi::free_contended` (the cache's making,
+//! `Heap::free_fast` under a free lock) -> `abi::release` (the general
+//! path, beside the fast one) -> `debug_mode` when on, else `Heap::free`
+//! -> `pool` or `Large::free`. `realloc` of a pool block looks it up once
+//! and hands the answer to the `free` of the old block.
 //! The options sit in the system layer because every layer reads one.
 //!
 //! With the default geometry (CPython 3.10+), pools are 16 KiB / 64 KiB /

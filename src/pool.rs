@@ -27,12 +27,12 @@ use crate::geometry::MIN_ALIGN;
 use crate::hardening::Secret;
 use crate::list::Linked;
 use crate::fault::Fault;
-use crate::size_class::{RECIP_SHIFT, class_info};
+use crate::size_class::{class_info, is_multiple};
 
 /// A count that changes under the heap lock while other threads read it
 /// without the lock: the thread cache's `free` checks a block against its
 /// pool's `ref_count` and `nextoffset` and its arena's `next_unused`
-/// (`Heap::cached_class_of`). Only lock holders write it, so a relaxed
+/// (`Heap::live_block`). Only lock holders write it, so a relaxed
 /// load and store are enough (plain moves on x86-64 and aarch64); the
 /// atomic makes the unlocked read well defined.
 pub struct Shared(AtomicU32);
@@ -81,8 +81,8 @@ pub struct Pool {
     /// zeroed them: blocks carved there need no clearing for `calloc`.
     pub dirty_end: u32,
     pub block_size: u32,
-    /// `class_info(class).recip`, here for `is_carved_block`.
-    pub recip: u64,
+    /// `class_info(class).multiple_magic`, here for `is_carved_block`.
+    pub multiple_magic: u64,
     pub class: u8,
     /// On the heap's list of empty pools whose memory is still committed
     /// (`purge::DirtyPools`), since `emptied_at` (ms).
@@ -107,7 +107,7 @@ impl Pool {
             maxnextoffset: 0,
             dirty_end,
             block_size: 0,
-            recip: 0,
+            multiple_magic: 0,
             class: NO_CLASS,
             dirty_listed: false,
             dirty_prev: ptr::null_mut(),
@@ -132,7 +132,7 @@ impl Pool {
         let size = info.size;
         self.class = class as u8;
         self.block_size = size;
-        self.recip = info.recip;
+        self.multiple_magic = info.multiple_magic;
         self.freeblock = ptr::null_mut();
         self.nextoffset.set(0);
         self.maxnextoffset = self.size() as u32 - size;
@@ -223,21 +223,20 @@ impl Pool {
         if offset >= self.nextoffset.get() as usize {
             return false;
         }
-        let index = (offset as u64 * self.recip) >> RECIP_SHIFT;
-        index * self.block_size as u64 == offset as u64
+        is_multiple(offset as u64, self.multiple_magic)
     }
 
-    /// The cheap test of `free`: true if `addr` is a carved block of a pool
-    /// with live blocks, and does not carry its free-block key. False
-    /// proves nothing: the caller examines the pointer with
-    /// `is_carved_block`, `on_free_list` and the thread caches.
+    /// The cheap test of `free`: true if `addr` is a carved block that does
+    /// not carry its free-block key. With `ref_count > 0` (the caller's to
+    /// check) that is a live block; false proves nothing: the caller
+    /// examines the pointer with `is_carved_block`, `on_free_list` and the
+    /// thread caches.
     #[inline(always)]
-    pub fn is_live_block(&self, addr: *mut u8, secret: Secret) -> bool {
-        if self.ref_count.get() == 0 || !self.is_carved_block(addr as usize) {
+    pub fn is_unkeyed_carved_block(&self, addr: *mut u8, secret: Secret) -> bool {
+        if !self.is_carved_block(addr as usize) {
             return false;
         }
-        // SAFETY: a carved block of a pool with live blocks: mapped, and
-        // at least two words long.
+        // SAFETY: a carved block: mapped, and at least two words long.
         cfg!(feature = "unchecked") || unsafe { addr.cast::<usize>().add(1).read() } != secret.key_at(addr)
     }
 
@@ -249,12 +248,12 @@ impl Pool {
         !cfg!(feature = "unchecked") && unsafe { addr.cast::<usize>().add(1).read() } == secret.key_at(addr)
     }
 
-    /// `is_live_block` for the thread cache's `free`, without the heap
+    /// `is_unkeyed_carved_block` for the thread cache's `free`, without the heap
     /// lock: the class of `addr` if it is a carved block of a pool with
     /// live blocks that does not hold its key.
     ///
     /// Sound without the lock: for a block the program holds, the pool's
-    /// `base`, `block_size`, `recip` and `class` were written before the
+    /// `base`, `multiple_magic` and `class` were written before the
     /// block was handed out and stay until the pool is empty, which the
     /// block prevents; `ref_count` and `nextoffset` change under the lock
     /// meanwhile, so they are atomics (`Shared`), and every value they
@@ -275,8 +274,7 @@ impl Pool {
             if offset >= (*pool).nextoffset.get() as usize {
                 return None;
             }
-            let (recip, size) = ((&raw const (*pool).recip).read(), (&raw const (*pool).block_size).read());
-            if ((offset as u64 * recip) >> RECIP_SHIFT) * size as u64 != offset as u64 {
+            if !is_multiple(offset as u64, (&raw const (*pool).multiple_magic).read()) {
                 return None;
             }
             // A carved block of a pool with live blocks: mapped, two words.

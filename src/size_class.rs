@@ -24,12 +24,19 @@ pub const NUM_CLASSES: usize = SMALL_CLASSES + MEDIUM_CLASSES;
 pub struct ClassInfo {
     pub size: u32,
     pub tier: u8,
-    /// `offset * recip >> RECIP_SHIFT == offset / size` for any offset in a
-    /// pool; lets `free` reject interior pointers without a division.
-    pub recip: u64,
+    /// `is_multiple(offset, multiple_magic)` tells whether `size` divides
+    /// `offset`: lets `free` reject interior pointers without a division.
+    pub multiple_magic: u64,
 }
 
-pub const RECIP_SHIFT: u32 = 40;
+/// Whether the class size `d` whose `multiple_magic` is `magic`
+/// (`u64::MAX / d + 1`) divides `n`, for `n` and `d` below 2^32: one
+/// multiplication and one comparison (Lemire, Kaser and Kurz, "Faster
+/// remainder by direct computation", 2019, section 4).
+#[inline(always)]
+pub const fn is_multiple(n: u64, magic: u64) -> bool {
+    n.wrapping_mul(magic) < magic
+}
 
 const fn class_size(class: usize) -> usize {
     if class < SMALL_CLASSES {
@@ -50,14 +57,14 @@ const fn class_tier(size: usize) -> usize {
 }
 
 const fn build_table() -> [ClassInfo; NUM_CLASSES] {
-    let mut table = [ClassInfo { size: 0, tier: 0, recip: 0 }; NUM_CLASSES];
+    let mut table = [ClassInfo { size: 0, tier: 0, multiple_magic: 0 }; NUM_CLASSES];
     let mut class = 0;
     while class < NUM_CLASSES {
         let size = class_size(class);
         table[class] = ClassInfo {
             size: size as u32,
             tier: class_tier(size) as u8,
-            recip: (1u64 << RECIP_SHIFT) / size as u64 + 1,
+            multiple_magic: u64::MAX / size as u64 + 1,
         };
         class += 1;
     }
@@ -172,11 +179,14 @@ mod tests {
     }
 
     #[test]
-    fn reciprocal_division_is_exact_within_a_pool() {
+    fn the_multiple_test_is_exact_within_a_pool() {
         for info in CLASSES {
             let pool = tier_pool_size(info.tier as usize) as u64;
-            for offset in (0..pool).step_by(7).chain([pool - 1]) {
-                assert_eq!((offset * info.recip) >> RECIP_SHIFT, offset / info.size as u64);
+            let size = info.size as u64;
+            let near_blocks = (0..pool / size).flat_map(|i| [i * size, i * size + 16, (i * size).saturating_sub(16)]);
+            for offset in (0..pool).step_by(7).chain(near_blocks).chain([pool - 1]) {
+                let multiple = offset % info.size as u64 == 0;
+                assert_eq!(is_multiple(offset, info.multiple_magic), multiple, "{offset} of {}", info.size);
             }
         }
     }

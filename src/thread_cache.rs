@@ -25,7 +25,7 @@
 //! reaches `free` with its key is handed to the heap, which calls it a
 //! double free only if it finds it on its pool's free list or in a cache
 //! (`contains`). Only pool blocks whose pool vouches for them (a carved
-//! block of a pool with live blocks, `Heap::cached_class_of`) enter a
+//! block of a pool with live blocks, `Heap::live_block`) enter a
 //! cache; anything else takes the heap's path, which reports invalid
 //! pointers. A link that fails to demangle to an aligned address aborts
 //! as a corrupted free list; flushes check every block exactly.
@@ -33,8 +33,13 @@
 //! # Bounds and return of memory
 //!
 //! Each bin holds at most `Bin::max` blocks (`BIN_BYTES` worth, 4 to 128
-//! blocks) and a thread at most `PYMALLOC_THREAD_CACHE` bytes; a refill
-//! takes half a bin, a flush gives back half. Every `TICK_FREES` frees
+//! blocks, at first) and a thread at most `PYMALLOC_THREAD_CACHE` bytes;
+//! a refill takes half a bin, a flush gives back half. A bin that
+//! overflows doubles its bound instead, up to `GROWN_BYTES` worth (at
+//! most `GROWN_MAX` blocks), so that a burst of frees followed by one of
+//! mallocs of the same class (Python freeing a list of objects, then
+//! building the next) stays in the cache; bounds start again from the
+//! initial ones whenever the whole cache is given back. Every `TICK_FREES` frees
 //! the thread reads the clock under the lock (the heap's decay runs even
 //! when every call is served by caches), and once per `PYMALLOC_DECAY_MS`
 //! gives its whole cache back: blocks held longer would pin pools that
@@ -77,10 +82,15 @@ use Ordering::{Acquire, Relaxed, Release};
 pub const CACHE_MAX: usize = 16 << 10;
 /// Classes with a bin: every class up to `CACHE_MAX`.
 pub const CACHED_CLASSES: usize = class_of(CACHE_MAX) + 1;
-/// Bytes a bin may hold (within 4..=128 blocks).
+/// Bytes a bin may hold at first (within 4..=128 blocks).
 const BIN_BYTES: usize = 32 << 10;
 const BIN_MIN: u32 = 4;
 const BIN_MAX: u32 = 128;
+/// What a bin may grow to when its traffic overflows it (`grow`): bursts
+/// of frees then mallocs of one class are then served without sending
+/// most blocks through the lock and back.
+const GROWN_BYTES: usize = 128 << 10;
+const GROWN_MAX: u32 = 1024;
 
 const _: () = assert!(CACHED_CLASSES <= NUM_CLASSES);
 
@@ -100,8 +110,20 @@ pub type OnTick = fn(&mut Heap, u64);
 struct Bin {
     head: AtomicPtr<u8>,
     count: AtomicU32,
-    max: u32,
+    /// At most this many blocks: `initial` to start with, doubled (up to
+    /// `grown`) each time the bin overflows, back to `initial` when the
+    /// cache is given back. Written by the owner under the heap lock.
+    max: AtomicU32,
     size: u32,
+    initial: u32,
+    grown: u32,
+}
+
+impl Bin {
+    #[inline(always)]
+    fn max(&self) -> u32 {
+        self.max.load(Relaxed)
+    }
 }
 
 #[repr(C)] // what every call reads first, in one cache line with the smallest bins
@@ -128,8 +150,9 @@ impl ThreadCache {
         ThreadCache {
             bins: core::array::from_fn(|class| {
                 let size = class_info(class).size;
-                let max = (BIN_BYTES / size as usize).clamp(BIN_MIN as usize, BIN_MAX as usize) as u32;
-                Bin { head: AtomicPtr::new(ptr::null_mut()), count: AtomicU32::new(0), max, size }
+                let initial = (BIN_BYTES / size as usize).clamp(BIN_MIN as usize, BIN_MAX as usize) as u32;
+                let grown = (GROWN_BYTES / size as usize).clamp(initial as usize, GROWN_MAX as usize) as u32;
+                Bin { head: AtomicPtr::new(ptr::null_mut()), count: AtomicU32::new(0), max: AtomicU32::new(initial), size, initial, grown }
             }),
             bytes: AtomicUsize::new(0),
             limit,
@@ -226,8 +249,16 @@ impl ThreadCache {
     /// changed) if not.
     #[inline(always)]
     pub fn free_checked(&self, p: *mut u8, accept: impl FnOnce(usize) -> bool) -> bool {
-        let Some(class) = self.class_of_block(p) else { return false };
-        if class >= CACHED_CLASSES || !accept(class) {
+        // SAFETY: `HEAP.data_ptr()` is the heap that function expects.
+        let Some(block) = (unsafe { Heap::live_block(HEAP.data_ptr(), p) }) else { return false };
+        accept(block.class) && self.free_of_class(p, block.class)
+    }
+
+    /// Takes `p`, a live pool block of `class` (as the lookup found it),
+    /// if the class is cached; false changes nothing.
+    #[inline(always)]
+    pub fn free_of_class(&self, p: *mut u8, class: usize) -> bool {
+        if class >= CACHED_CLASSES {
             return false;
         }
         // Everything is read before the operation starts and used only if
@@ -238,12 +269,12 @@ impl ThreadCache {
         let (count, bytes, ticks) = (bin.count.load(Relaxed), self.bytes.load(Relaxed), self.ticks.load(Relaxed));
         let head = bin.head.load(Relaxed);
         let (link, key) = (self.secret.mangle(p, head), self.secret.key_at(p));
-        if count >= bin.max || bytes > self.limit || ticks <= 1 || !self.enter() {
+        if count >= bin.max() || bytes > self.limit || ticks <= 1 || !self.enter() {
             self.free_locked(p, class);
             return true;
         }
-        // SAFETY: `class_of_block` vouched for p: a live block of at least
-        // 16 bytes, which the caller gives up.
+        // SAFETY: the lookup vouched for p: a live block of at least 16
+        // bytes, which the caller gives up.
         unsafe {
             p.cast::<usize>().write(link);
             p.cast::<usize>().add(1).write(key);
@@ -256,12 +287,12 @@ impl ThreadCache {
         true
     }
 
-    /// The class of `p` if it is a live pool block (`Heap::cached_class_of`),
+    /// The class of `p` if it is a live pool block (`Heap::live_block`),
     /// found without the lock; None proves nothing.
-    #[inline(always)]
-    pub fn class_of_block(&self, p: *mut u8) -> Option<usize> {
+    #[cfg(test)]
+    fn class_of_block(&self, p: *mut u8) -> Option<usize> {
         // SAFETY: `HEAP.data_ptr()` is the heap that function expects.
-        unsafe { Heap::cached_class_of(HEAP.data_ptr(), p, self.secret) }
+        unsafe { Heap::live_block(HEAP.data_ptr(), p) }.map(|block| block.class)
     }
 
     /// Pushes `p` without the bounds checks (there is room). Only by the
@@ -294,7 +325,7 @@ impl ThreadCache {
         let size = self.bin(class).size as usize;
         // The block returned is not cached, so at least that one.
         let room = self.limit.saturating_sub(self.bytes.load(Relaxed)).checked_div(size).unwrap_or(0);
-        let want = (self.bin(class).max / 2).min(room.min(BIN_MAX as usize) as u32 + 1).max(1);
+        let want = (self.bin(class).max() / 2).min(room.min(GROWN_MAX as usize) as u32 + 1).max(1);
         let mut first: *mut u8 = ptr::null_mut();
         for _ in 0..want {
             let block = heap.alloc_class(class);
@@ -350,9 +381,14 @@ impl ThreadCache {
                 result = result.and(self.flush(&mut heap, c, half));
             }
         }
-        let (count, max) = (self.bin(class).count.load(Relaxed), self.bin(class).max);
+        let bin = self.bin(class);
+        let (count, max) = (bin.count.load(Relaxed), bin.max());
         if count >= max {
-            result = result.and(self.flush(&mut heap, class, count - max / 2));
+            if max < bin.grown {
+                bin.max.store((max * 2).min(bin.grown), Relaxed);
+            } else {
+                result = result.and(self.flush(&mut heap, class, count - max / 2));
+            }
         }
         self.push(p, class);
         drop(heap);
@@ -396,12 +432,14 @@ impl ThreadCache {
         result
     }
 
-    /// Gives every block back to the heap (as `flush`).
+    /// Gives every block back to the heap (as `flush`); every bin starts
+    /// again from its initial size.
     pub fn flush_all(&self, heap: &mut Heap) -> Result<(), Fault> {
         let mut result = Ok(());
         for class in 0..CACHED_CLASSES {
-            let count = self.bin(class).count.load(Relaxed);
-            result = result.and(self.flush(heap, class, count));
+            let bin = self.bin(class);
+            result = result.and(self.flush(heap, class, bin.count.load(Relaxed)));
+            bin.max.store(bin.initial, Relaxed);
         }
         result
     }
@@ -440,7 +478,7 @@ impl ThreadCache {
         }
         let bin = self.bin(class);
         let mut block = bin.head.load(Relaxed);
-        for _ in 0..bin.count.load(Relaxed).min(bin.max) {
+        for _ in 0..bin.count.load(Relaxed).min(bin.max()) {
             if block == p {
                 return true;
             }
@@ -489,7 +527,7 @@ impl ThreadCache {
                 block = self.secret.demangle(block, unsafe { block.cast::<usize>().read() });
                 seen += 1;
             }
-            if seen != count || count > bin.max {
+            if seen != count || count > bin.max() {
                 return Err("thread cache: a bin's count does not match its list");
             }
             bytes += count as usize * bin.size as usize;
@@ -637,8 +675,11 @@ mod tests {
         let cache = new_cache(256 << 10);
         assert_eq!(class_info(CACHED_CLASSES - 1).size as usize, CACHE_MAX);
         for bin in &cache.bins {
-            assert!((BIN_MIN..=BIN_MAX).contains(&bin.max));
-            assert!(bin.max as usize * bin.size as usize <= BIN_BYTES.max(BIN_MIN as usize * bin.size as usize));
+            assert!((BIN_MIN..=BIN_MAX).contains(&bin.initial));
+            assert!(bin.initial as usize * bin.size as usize <= BIN_BYTES.max(BIN_MIN as usize * bin.size as usize));
+            assert!((bin.initial..=GROWN_MAX).contains(&bin.grown));
+            assert!(bin.grown as usize * bin.size as usize <= GROWN_BYTES.max(bin.initial as usize * bin.size as usize));
+            assert_eq!(bin.max(), bin.initial);
         }
     }
 
