@@ -269,10 +269,9 @@ impl Heap {
     /// as handed out, as a block a thread cache holds must be; None if
     /// not (the cache's link to it was overwritten).
     pub fn pool_of_cached(&self, p: *mut u8, class: usize) -> Option<*mut Pool> {
-        let Some(Owner::Arena(arena)) = self.map.get(p as usize) else { return None };
-        // SAFETY: the map only names live arena descriptors.
-        let pool = unsafe { Arena::pool_at(arena, p as usize) }?;
-        // SAFETY: pool_at returns only born pools of the arena.
+        // SAFETY: our own live map.
+        let pool = unsafe { ArenaMap::pool_of(&self.map, p as usize) }?;
+        // SAFETY: `pool_of` returns only born pools of live arenas.
         let header = unsafe { &*pool };
         let fits = header.class as usize == class && header.ref_count.get() > 0 && header.is_carved_block(p as usize);
         fits.then_some(pool)
@@ -292,10 +291,9 @@ impl Heap {
     /// carved block of a live pool of the class, marked with the key, and
     /// not on the pool's free list (for `pymalloc_check_heap`).
     pub fn is_cached_block(&self, p: *mut u8, class: usize) -> bool {
-        let Some(Owner::Arena(arena)) = self.map.get(p as usize) else { return false };
-        // SAFETY: as in `free_cached`.
-        let Some(pool) = (unsafe { Arena::pool_at(arena, p as usize) }) else { return false };
-        // SAFETY: as in `free_cached`.
+        // SAFETY: our own live map.
+        let Some(pool) = (unsafe { ArenaMap::pool_of(&self.map, p as usize) }) else { return false };
+        // SAFETY: `pool_of` returns only born pools of live arenas.
         let pool = unsafe { &*pool };
         pool.class as usize == class
             && pool.ref_count.get() > 0
