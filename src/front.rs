@@ -94,8 +94,9 @@ pub fn current() -> Option<&'static ThreadCache> {
     if value == NONE { create() } else { None }
 }
 
-/// The calling thread's cache if it has made one: `current` without the
-/// single-thread test (the caller made it) and without making a cache.
+/// The calling thread's cache if it has one already: `current` for a
+/// caller that has seen the process has threads, and that makes no cache
+/// (its slow path calls `current`, which does).
 #[inline(always)]
 pub fn made() -> Option<&'static ThreadCache> {
     // SAFETY: as in `current`.

@@ -86,7 +86,7 @@ pub const CACHED_CLASSES: usize = class_of(CACHE_MAX) + 1;
 const BIN_BYTES: usize = 32 << 10;
 const BIN_MIN: u32 = 4;
 const BIN_MAX: u32 = 128;
-/// What a bin may grow to when its traffic overflows it (`grow`): bursts
+/// What a bin may grow to when its traffic overflows it (`free_locked`): bursts
 /// of frees then mallocs of one class are then served without sending
 /// most blocks through the lock and back.
 const GROWN_BYTES: usize = 128 << 10;
@@ -681,6 +681,33 @@ mod tests {
             assert!(bin.grown as usize * bin.size as usize <= GROWN_BYTES.max(bin.initial as usize * bin.size as usize));
             assert_eq!(bin.max(), bin.initial);
         }
+    }
+
+    /// A burst of frees of one class beyond a bin's initial bound stays in
+    /// the cache (the bin grows, within its grown bound and the thread's
+    /// byte limit), and the bound starts again when the cache is given back.
+    #[test]
+    fn bins_grow_with_bursts_and_shrink_when_given_back() {
+        let cache = new_cache(256 << 10);
+        let class = class_of(64);
+        let bin = cache.bin(class);
+        let burst = 3 * bin.initial as usize;
+        let blocks: Vec<_> = (0..burst).map(|_| cache.alloc(class, "malloc")).collect();
+        for &p in &blocks {
+            assert!(cache.free(p));
+        }
+        assert_eq!(cache.blocks(class), burst, "the whole burst is cached");
+        assert!(bin.max() > bin.initial && bin.max() <= bin.grown);
+        let again: Vec<_> = (0..burst).map(|_| cache.alloc(class, "malloc")).collect();
+        assert_eq!(cache.blocks(class), 0, "and serves the next burst");
+        for p in again {
+            assert!(cache.free(p));
+        }
+        let mut heap = HEAP.lock();
+        cache.check(&heap).unwrap();
+        cache.flush_all(&mut heap).unwrap();
+        assert_eq!(bin.max(), bin.initial);
+        heap.check().unwrap();
     }
 
     /// Stale keys are no proof: a live block holding a copy of a cached
