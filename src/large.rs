@@ -32,7 +32,7 @@ use core::ptr;
 use crate::arena_map::{ArenaMap, Owner};
 use crate::config;
 use crate::geometry::{GRANULE_SIZE, MAX_REQUEST, MEDIUM_MAX, PAGE_SIZE};
-use crate::large_block::LargeBlock;
+use crate::large_block::{Dirty, LargeBlock};
 use crate::list::AgeList;
 use crate::os;
 use crate::region::{self, Regions};
@@ -79,6 +79,10 @@ pub struct Large {
     /// Live large blocks, and the bytes they hold.
     pub blocks: usize,
     pub bytes: usize,
+    /// The most bytes live large blocks held lately: since `peak_at`
+    /// (ms), at most one decay period ago (`hold_footprint`).
+    live_peak: usize,
+    peak_at: u64,
 }
 
 impl Large {
@@ -90,6 +94,8 @@ impl Large {
             recently_freed: RecentlyFreed::new(),
             blocks: 0,
             bytes: 0,
+            live_peak: 0,
+            peak_at: 0,
         }
     }
 
@@ -136,6 +142,9 @@ impl Large {
             return Ok(None);
         }
         let len = os::page_round_up(n.max(GRANULE_SIZE));
+        if clock.saturating_sub(self.peak_at) > config::get().decay_ms as u64 {
+            (self.live_peak, self.peak_at) = (self.bytes, clock);
+        }
         let found = if align <= PAGE_SIZE && len <= region::SPAN_MAX {
             self.take_span(len)?
         } else {
@@ -246,19 +255,52 @@ impl Large {
                 // SAFETY: the slot is ours; `len` is inside the span, and
                 // the rest joins the span's place in the region's tiling.
                 unsafe {
-                    rest.write(LargeBlock::span(s.base.add(len), s.len - len, s.dirty_len.saturating_sub(len), s.freed_at));
+                    rest.write(LargeBlock::span(s.base.add(len), s.len - len, s.dirty.after(len), s.freed_at));
                     self.split_off(s, &mut *rest);
                     self.regions.bin(&mut *rest);
                 }
             }
         }
+        // Live before anything else can merge with it.
+        s.free = false;
+        let fresh = s.len - s.dirty.within(s.len);
+        self.hold_footprint(fresh, s.len);
         // SAFETY: the span's pages are ours, and now the caller's.
         if !unsafe { guard_span(s.base, s.len, true) } {
+            s.free = true;
             self.release_span(s);
             return Ok(None);
         }
-        s.free = false;
-        Ok(Some((span, s.dirty_len == 0)))
+        Ok(Some((span, fresh == s.len)))
+    }
+
+    /// Keeps the pages resident in regions (live blocks, which `coming`
+    /// bytes are about to join, and free spans) within
+    /// `1 + 1/FREE_RESIDENT_SHARE` times the most the live blocks held
+    /// lately (and `FREE_RESIDENT_MIN`): when a request faults in `new`
+    /// bytes of fresh pages beyond that, as many resident bytes of the
+    /// free spans freed longest ago go back first. So the footprint grows
+    /// only when the holes are few, and its peak stays within that share
+    /// of the live peak, while a program that replaces blocks of changing
+    /// sizes finds its freed pages resident.
+    fn hold_footprint(&mut self, new: usize, coming: usize) {
+        let live = self.bytes + coming;
+        self.live_peak = self.live_peak.max(live);
+        let allowed = (self.live_peak + self.live_peak / FREE_RESIDENT_SHARE + FREE_RESIDENT_MIN).saturating_sub(live);
+        let mut excess = new.min(self.regions.dirty_bytes.saturating_sub(allowed));
+        while excess > 0 {
+            // SAFETY: binned spans are live descriptors of free pages.
+            let Some(s) = (unsafe { self.regions.oldest_dirty().as_mut() }) else { break };
+            // The end of its dirty bytes, the part the next fit reuses last.
+            let cut = os::page_round_up(excess.min(s.dirty.len()));
+            let dirty = Dirty { from: s.dirty.from, to: s.dirty.to - cut };
+            // SAFETY: the span's pages hold no live block.
+            unsafe { os::decommit(s.base.add(dirty.to), cut) };
+            excess = excess.saturating_sub(cut);
+            self.regions.unbin(s);
+            s.dirty = if dirty.is_none() { Dirty::NONE } else { dirty };
+            self.release_span(s); // it may merge with a neighbour now
+        }
     }
 
     /// A new region for a span of at least `len` bytes, as one free span.
@@ -280,7 +322,7 @@ impl Large {
             return Ok(None);
         }
         // SAFETY: the slot is ours.
-        unsafe { span.write(LargeBlock::span(base, size, 0, 0)) };
+        unsafe { span.write(LargeBlock::span(base, size, Dirty::NONE, 0)) };
         self.regions.regions += 1;
         self.regions.region_bytes += size;
         Ok(Some(span))
@@ -299,19 +341,20 @@ impl Large {
         s.len -= rest.len;
     }
 
-    /// Bins free span `s` (out of any bin), merged with its free
-    /// neighbours. Returns the merged span.
+    /// Bins free span `s` (out of any bin), merged with the free
+    /// neighbours it can merge with (`region::mergeable`). Returns the
+    /// merged span.
     fn release_span<'a>(&mut self, mut s: &'a mut LargeBlock) -> &'a mut LargeBlock {
         // SAFETY: a span's neighbours are live descriptors of its region,
         // binned when free; a merged-away descriptor is referred to by
         // nothing once its neighbours are relinked.
         unsafe {
-            if let Some(left) = s.left.as_mut().filter(|l| l.free) {
+            if let Some(left) = s.left.as_mut().filter(|l| l.free && region::mergeable(l, s)) {
                 self.regions.unbin(left);
                 self.absorb(left, s);
                 s = left;
             }
-            if let Some(right) = s.right.as_mut().filter(|r| r.free) {
+            if let Some(right) = s.right.as_mut().filter(|r| r.free && region::mergeable(s, r)) {
                 self.regions.unbin(right);
                 self.absorb(s, right);
             }
@@ -321,11 +364,11 @@ impl Large {
     }
 
     /// Merges free span `right` (out of its bin) into its left neighbour
-    /// `s` and frees its descriptor.
+    /// `s`, which it is `mergeable` with, and frees its descriptor.
     fn absorb(&mut self, s: &mut LargeBlock, right: &mut LargeBlock) {
-        if right.dirty_len > 0 {
-            s.dirty_len = s.len + right.dirty_len;
-        }
+        // The callers merge only `mergeable` spans; were it otherwise, all
+        // of it counting as dirty would still be safe.
+        s.dirty = s.dirty.join(s.len, right.dirty).unwrap_or(Dirty::all(s.len + right.len));
         s.len += right.len;
         s.freed_at = s.freed_at.max(right.freed_at);
         s.right = right.right;
@@ -358,10 +401,10 @@ impl Large {
         // SAFETY: spans unbinned above: free pages nobody else refers to.
         while let Some(s) = unsafe { unused.as_mut() } {
             unused = s.next;
-            if s.dirty_len > 0 {
+            if !s.dirty.is_none() {
                 // SAFETY: the span's pages hold no live block.
-                unsafe { os::decommit(s.base, s.dirty_len) };
-                s.dirty_len = 0;
+                unsafe { os::decommit(s.base.add(s.dirty.from), s.dirty.len()) };
+                s.dirty = Dirty::NONE;
                 released = true;
             }
             s.free = true;
@@ -383,7 +426,7 @@ impl Large {
             // SAFETY: the span was never handed out. Best effort.
             unsafe { guard_span(b.base, b.len, false) };
             b.free = true;
-            b.dirty_len = b.len;
+            b.dirty = Dirty::all(b.len);
             self.release_span(b);
         } else {
             self.unmap(b);
@@ -403,7 +446,7 @@ impl Large {
             // Best effort.
             unsafe { guard_span(b.base, b.len, false) };
             b.free = true;
-            b.dirty_len = b.len;
+            b.dirty = Dirty::all(b.len);
             b.freed_at = now;
             self.release_span(b);
         } else if self.cache.learn(b.len, self.bytes) && self.move_away(b) {
@@ -520,7 +563,7 @@ impl Large {
                 // SAFETY: the slot is ours; the tail beyond `len` is ours
                 // and the caller gave it up.
                 unsafe {
-                    tail.write(LargeBlock::span(b.base.add(len), freed, freed, now));
+                    tail.write(LargeBlock::span(b.base.add(len), freed, Dirty::all(freed), now));
                     guard_span((*tail).base, freed, false); // best effort
                     self.split_off(b, &mut *tail);
                     self.release_span(&mut *tail);
@@ -544,12 +587,13 @@ impl Large {
         match right.filter(|r| unsafe { guard_span(r.base, len - b.len, true) }) {
             Some(right) => {
                 let grown = len - b.len;
+                let fresh = grown - right.dirty.within(grown);
                 self.regions.unbin(right);
                 if right.len > grown {
                     // SAFETY: `grown` is inside the free span.
                     right.base = unsafe { right.base.add(grown) };
                     right.len -= grown;
-                    right.dirty_len = right.dirty_len.saturating_sub(grown);
+                    right.dirty = right.dirty.after(grown);
                     self.regions.bin(right);
                 } else {
                     b.right = right.right;
@@ -563,6 +607,7 @@ impl Large {
                 }
                 self.bytes += grown;
                 b.len = len;
+                self.hold_footprint(fresh, 0);
                 Resize::Done(b.base)
             }
             _ => Resize::Move { usable: b.len },
@@ -583,6 +628,11 @@ unsafe fn guard_span(base: *mut u8, len: usize, accessible: bool) -> bool {
     // SAFETY: as the caller guarantees.
     !config::get().debug || unsafe { os::protect(base, len, accessible) }
 }
+
+/// How far the pages resident in regions may exceed the live peak: a
+/// share of it, and a floor (`hold_footprint`).
+const FREE_RESIDENT_SHARE: usize = 8;
+const FREE_RESIDENT_MIN: usize = region::REGION_MIN;
 
 /// Most mappings the cache holds.
 const CACHE_MAX_ENTRIES: usize = 64;
@@ -725,3 +775,4 @@ impl RecentlyFreed {
         !p.is_null() && self.bases.contains(&p)
     }
 }
+

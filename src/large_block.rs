@@ -25,9 +25,9 @@ pub struct LargeBlock {
     pub in_region: bool,
     /// A span that is free pages, not a live block.
     pub free: bool,
-    /// A free span's first `dirty_len` bytes may hold resident pages
-    /// (written since they were last given back); the rest reads as zero.
-    pub dirty_len: usize,
+    /// The bytes of a free span that may hold resident pages (written
+    /// since they were last given back); the rest reads as zero.
+    pub dirty: Dirty,
 }
 
 impl LargeBlock {
@@ -43,13 +43,13 @@ impl LargeBlock {
             right: ptr::null_mut(),
             in_region: false,
             free: false,
-            dirty_len: 0,
+            dirty: Dirty::NONE,
         }
     }
 
     /// A free span of a region.
-    pub fn span(base: *mut u8, len: usize, dirty_len: usize, freed_at: u64) -> Self {
-        LargeBlock { freed_at, in_region: true, free: true, dirty_len, ..LargeBlock::new(base, len) }
+    pub fn span(base: *mut u8, len: usize, dirty: Dirty, freed_at: u64) -> Self {
+        LargeBlock { freed_at, in_region: true, free: true, dirty, ..LargeBlock::new(base, len) }
     }
 
     /// Whether this span is its whole region.
@@ -61,6 +61,54 @@ impl LargeBlock {
     /// the cache, or one a realloc kept, may be up to twice as big as asked.
     pub fn fits_size(&self, size: usize) -> bool {
         size <= self.len && 2 * os::page_round_up(size.max(GRANULE_SIZE)) >= self.len
+    }
+}
+
+/// The bytes `from..to` of a free span (offsets from its start, whole
+/// pages) that may be resident: one interval, exact where the pages were
+/// written, so that what free spans hold can be counted. Empty is
+/// `NONE`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Dirty {
+    pub from: usize,
+    pub to: usize,
+}
+
+impl Dirty {
+    pub const NONE: Dirty = Dirty { from: 0, to: 0 };
+
+    /// All `len` bytes of a span.
+    pub fn all(len: usize) -> Dirty {
+        Dirty { from: 0, to: len }
+    }
+
+    pub fn len(self) -> usize {
+        self.to - self.from
+    }
+
+    pub fn is_none(self) -> bool {
+        self.from == self.to
+    }
+
+    /// The dirty bytes among the first `len`.
+    pub fn within(self, len: usize) -> usize {
+        self.to.min(len).saturating_sub(self.from)
+    }
+
+    /// What is dirty past the first `len` bytes, as offsets from there.
+    pub fn after(self, len: usize) -> Dirty {
+        if self.to <= len { Dirty::NONE } else { Dirty { from: self.from.max(len) - len, to: self.to - len } }
+    }
+
+    /// The dirty bytes of a span of `len` bytes followed by one with
+    /// `right`: None when they are not one interval.
+    pub fn join(self, len: usize, right: Dirty) -> Option<Dirty> {
+        let right = Dirty { from: right.from + len, to: right.to + len };
+        match (self.is_none(), right.is_none()) {
+            (_, true) => Some(self),
+            (true, false) => Some(right),
+            (false, false) => (self.to == right.from).then_some(Dirty { from: self.from, to: right.to }),
+        }
     }
 }
 

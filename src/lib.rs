@@ -34,8 +34,8 @@
 //! |-----------------------|----------------------------------------------------|
 //! | 0 ..= 512 B           | 32 small classes, 16 B apart, in the smallest pools |
 //! | 513 B ..= 128 KiB     | 32 medium classes, 4 per power of two, in pools of 4x, 16x, 64x the smallest |
-//! | 128 KiB ..= 4 MiB     | a span of a region (`region`): best fit, merged when freed |
-//! | above 4 MiB           | a private mapping each (`large`), with a learned cache |
+//! | 128 KiB ..= 32 MiB    | a span of a region (`region`): fewest fresh pages, merged when freed |
+//! | above 32 MiB          | a private mapping each (`large`), with a learned cache |
 //! | aligned               | the smallest class whose size is a multiple of the alignment, else a span or a mapping |
 //!
 //! # Layers
@@ -109,8 +109,9 @@
 //!   stayed unused for a while (empty pools and free spans decommitted,
 //!   free arenas, cached mappings and empty regions unmapped); see
 //!   `purge`.
-//! - A region is tiled by spans in address order; no two free spans are
-//!   neighbours; a free span's pages past its `dirty_len` read as zero;
+//! - A region is tiled by spans in address order; two free spans are
+//!   neighbours only if their dirty bytes are not one interval; a free
+//!   span's pages outside its `dirty` interval read as zero;
 //!   see `region`. A cached mapping is never at the address it was freed
 //!   at (moved by `mremap`), and in the debug mode free spans are
 //!   inaccessible (`PROT_NONE`).

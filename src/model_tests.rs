@@ -25,12 +25,14 @@ impl Rng {
         self.next() % n
     }
 
-    /// Mostly small, some medium, a few large sizes.
+    /// Mostly small, some medium, a few large sizes: spans of regions up
+    /// to their limit, and a few mappings of their own beyond it.
     fn size(&mut self) -> usize {
-        match self.below(100) {
-            0..=69 => self.below(513) as usize,
-            70..=94 => 513 + self.below((MEDIUM_MAX - 512) as u64) as usize,
-            _ => MEDIUM_MAX + 1 + self.below(4 << 20) as usize,
+        match self.below(200) {
+            0..=139 => self.below(513) as usize,
+            140..=189 => 513 + self.below((MEDIUM_MAX - 512) as u64) as usize,
+            190..=197 => MEDIUM_MAX + 1 + self.below(4 << 20) as usize,
+            _ => MEDIUM_MAX + 1 + self.below(40 << 20) as usize,
         }
     }
 }
@@ -320,8 +322,8 @@ fn double_frees_are_detected() {
     let big = heap.alloc(200 << 20).ptr;
     heap.free(big).unwrap();
     assert_eq!(heap.free(big), Err(freed(0)), "an uncached mapping");
-    let q = heap.alloc(8 << 20).ptr;
-    let blocker = heap.alloc(8 << 20).ptr;
+    let q = heap.alloc(40 << 20).ptr;
+    let blocker = heap.alloc(40 << 20).ptr;
     let Resize::Done(r) = heap.resize(q, 100 << 20).unwrap() else { panic!("a large mapping grows by mremap") };
     assert!(heap.usable_size(r).unwrap() >= 100 << 20);
     if r != q {
@@ -552,12 +554,12 @@ fn large_blocks_reuse_the_cache_and_grow_in_place_or_move() {
         "beyond the spans' limit a block is a mapping of its own"
     );
     heap.free(q).unwrap();
-    let m = heap.alloc(8 << 20).ptr;
-    // SAFETY: 8 MiB block.
-    unsafe { m.write_bytes(7, 8 << 20) };
+    let m = heap.alloc(40 << 20).ptr;
+    // SAFETY: 40 MiB block.
+    unsafe { m.write_bytes(7, 40 << 20) };
     let Resize::Done(r) = heap.resize(m, 64 << 20).unwrap() else { panic!("large growth moves by remapping") };
-    // SAFETY: r holds the old 8 MiB prefix.
-    assert!(unsafe { std::slice::from_raw_parts(r, 8 << 20) }.iter().all(|&b| b == 7));
+    // SAFETY: r holds the old 40 MiB prefix.
+    assert!(unsafe { std::slice::from_raw_parts(r, 40 << 20) }.iter().all(|&b| b == 7));
     assert_eq!(heap.usable_size(r).unwrap(), 64 << 20);
     let Resize::Done(s) = heap.resize(r, 200 << 10).unwrap() else { panic!() };
     assert_eq!(s, r, "shrinking stays in place");
@@ -566,6 +568,48 @@ fn large_blocks_reuse_the_cache_and_grow_in_place_or_move() {
     heap.free(s).unwrap();
     assert!(heap.trim());
     assert_eq!(heap.large().blocks, 0);
+}
+
+/// Free spans keep their pages for reuse, but a request that needs
+/// fresh pages first gives back the oldest free ones beyond an eighth of
+/// the live peak (and one small region): the footprint (live plus
+/// resident free bytes) stays within that of the peak.
+#[test]
+fn fresh_pages_for_large_blocks_come_after_giving_back_the_oldest_free_ones() {
+    let mut heap = new_heap();
+    let mut blocks = Vec::new();
+    for i in 0..8 {
+        let n = (4 + i) << 20;
+        let p = heap.alloc(n).ptr;
+        // SAFETY: a fresh block of n bytes.
+        unsafe { p.write_bytes(1, n) };
+        blocks.push((p, n));
+    }
+    let peak: usize = blocks.iter().map(|b| b.1).sum();
+    let mut live = peak;
+    for &(p, n) in blocks.iter().step_by(2) {
+        heap.free(p).unwrap();
+        live -= n;
+    }
+    let resident = |heap: &Heap| heap.large().regions().dirty_bytes;
+    assert_eq!(resident(&heap), peak - live, "freed spans keep their pages");
+    let big = heap.alloc(24 << 20).ptr; // fits no hole: fresh pages
+    live += 24 << 20;
+    let allowed = peak + peak / 8 + (8 << 20) - live;
+    assert!(resident(&heap) <= allowed, "{} resident free bytes, at most {allowed} allowed", resident(&heap));
+    assert!(resident(&heap) >= allowed - 4096, "no more than needed given back");
+    heap.check().unwrap();
+    // What was given back reads as zero when reused, what was not is reused as it is.
+    let again = heap.alloc(4 << 20);
+    check_zeroed(again, 4 << 20);
+    heap.free(again.ptr).unwrap();
+    heap.free(big).unwrap();
+    for &(p, _) in blocks.iter().skip(1).step_by(2) {
+        heap.free(p).unwrap();
+    }
+    heap.check().unwrap();
+    assert!(heap.trim());
+    assert_eq!(heap.large().regions().regions, 0, "every region unmapped once empty");
 }
 
 #[test]

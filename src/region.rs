@@ -32,7 +32,7 @@ pub const REGION_MIN: usize = 8 << 20;
 pub const REGION_MAX: usize = 256 << 20;
 /// The largest block served from regions; bigger ones are mappings of
 /// their own, which `mremap` can grow without copying.
-pub const SPAN_MAX: usize = 4 << 20;
+pub const SPAN_MAX: usize = 32 << 20;
 
 /// Bin `i` holds free spans of `2^i .. 2^(i+1)` pages (one bit each in
 /// `Regions::nonempty`).
@@ -43,6 +43,16 @@ const FIT_SCAN: usize = 64;
 fn bin_of(len: usize) -> usize {
     // A floor log2 that cannot panic (spans have at least one page).
     ((usize::BITS - 1 - ((len / PAGE_SIZE) | 1).leading_zeros()) as usize).min(BINS - 1)
+}
+
+/// Whether free spans `left` and `right`, neighbours in that order, may
+/// become one: only if their dirty bytes make one interval, so that what
+/// a span says it holds resident stays exact (the footprint bound of
+/// `Large` counts on it) rather than growing by the clean pages between
+/// them. Two dirty spans with clean pages between stay apart until decay
+/// makes one of them clean.
+pub fn mergeable(left: &LargeBlock, right: &LargeBlock) -> bool {
+    left.dirty.join(left.len, right.dirty).is_some()
 }
 
 /// The free spans of every region.
@@ -120,7 +130,7 @@ impl Regions {
             if span.len < len {
                 continue;
             }
-            let key = |s: &LargeBlock| (len.saturating_sub(s.dirty_len), s.len, s.base as usize);
+            let key = |s: &LargeBlock| (len - s.dirty.within(len), s.len, s.base as usize);
             if best.is_none_or(|b| key(span) < key(b)) {
                 best = Some(span);
             }
@@ -141,8 +151,8 @@ impl Regions {
         self.nonempty |= 1 << bin;
         self.free_spans += 1;
         self.free_bytes += span.len;
-        self.dirty_spans += usize::from(span.dirty_len > 0);
-        self.dirty_bytes += span.dirty_len;
+        self.dirty_spans += usize::from(!span.dirty.is_none());
+        self.dirty_bytes += span.dirty.len();
         if span.is_whole_region() {
             self.idle_bytes += span.len;
         }
@@ -168,11 +178,28 @@ impl Regions {
         span.prev = ptr::null_mut();
         self.free_spans -= 1;
         self.free_bytes -= span.len;
-        self.dirty_spans -= usize::from(span.dirty_len > 0);
-        self.dirty_bytes -= span.dirty_len;
+        self.dirty_spans -= usize::from(!span.dirty.is_none());
+        self.dirty_bytes -= span.dirty.len();
         if span.is_whole_region() {
             self.idle_bytes -= span.len;
         }
+    }
+
+    /// The binned span with resident pages that was freed longest ago,
+    /// or null.
+    pub fn oldest_dirty(&self) -> *mut LargeBlock {
+        let mut oldest: Option<&LargeBlock> = None;
+        for &head in &self.bins {
+            let mut cur = head;
+            // SAFETY: as in `take`.
+            while let Some(span) = unsafe { cur.as_ref() } {
+                if !span.dirty.is_none() && oldest.is_none_or(|o| span.freed_at < o.freed_at) {
+                    oldest = Some(span);
+                }
+                cur = span.next;
+            }
+        }
+        oldest.map_or(ptr::null_mut(), |o| ptr::from_ref(o).cast_mut())
     }
 
     /// Calls `f` on every free span; `f` may unbin the span it is given
@@ -190,7 +217,8 @@ impl Regions {
     }
 
     /// The first broken invariant of the free spans, if any: each is
-    /// binned by its size, merged with its neighbours (which link back to
+    /// binned by its size, merged with the neighbours it is `mergeable`
+    /// with (which link back to
     /// it), and the totals add up.
     pub fn check(&self) -> Result<(), &'static str> {
         let (mut spans, mut bytes, mut dirty_spans, mut dirty, mut idle) = (0, 0, 0, 0, 0);
@@ -205,20 +233,20 @@ impl Regions {
                 if !span.free || !span.in_region || bin_of(span.len) != bin || span.len % PAGE_SIZE != 0 {
                     return Err("a binned span is not a free span of its bin");
                 }
-                if span.dirty_len > span.len {
-                    return Err("a free span has more dirty bytes than bytes");
+                if span.dirty.from > span.dirty.to || span.dirty.to > span.len {
+                    return Err("a free span's dirty bytes are not within it");
                 }
                 // SAFETY: as above.
                 let (left, right) = unsafe { (span.left.as_ref(), span.right.as_ref()) };
-                if left.is_some_and(|l| l.free || !ptr::eq(l.right, span) || l.base.wrapping_add(l.len) != span.base)
-                    || right.is_some_and(|r| r.free || !ptr::eq(r.left, span) || span.base.wrapping_add(span.len) != r.base)
+                if left.is_some_and(|l| (l.free && mergeable(l, span)) || !ptr::eq(l.right, span) || l.base.wrapping_add(l.len) != span.base)
+                    || right.is_some_and(|r| (r.free && mergeable(span, r)) || !ptr::eq(r.left, span) || span.base.wrapping_add(span.len) != r.base)
                 {
                     return Err("a free span is not merged with, or not linked to, its neighbours");
                 }
                 spans += 1;
                 bytes += span.len;
-                dirty_spans += usize::from(span.dirty_len > 0);
-                dirty += span.dirty_len;
+                dirty_spans += usize::from(!span.dirty.is_none());
+                dirty += span.dirty.len();
                 if span.is_whole_region() {
                     idle += span.len;
                 }

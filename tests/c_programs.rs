@@ -132,7 +132,7 @@ fn header_linked() {
 }
 
 /// A stale pointer to a freed large block faults at once (SIGSEGV): a
-/// cached mapping (8 MiB) and one unmapped at once (the cache off), in
+/// cached mapping (48 MiB) and one unmapped at once (the cache off), in
 /// the default and the debug mode; a span of a region grown by `realloc`
 /// beyond the spans' limit; in the debug mode a span of a region (1 MiB)
 /// too, and the old address of one `realloc` moved. A live block, and one
@@ -144,16 +144,16 @@ fn freed_large_blocks_fault_when_touched() {
     for config in [Config::Preload, Config::Linked] {
         let exe = compile_c("large_use_after_free", config);
         let cases: &[(&str, &str, Env)] = &[
-            ("8388608", "read", &[]),
-            ("8388608", "write", &[]),
-            ("8388608", "read", &[("PYMALLOC_LARGE_CACHE", "0")]),
+            ("50331648", "read", &[]),
+            ("50331648", "write", &[]),
+            ("50331648", "read", &[("PYMALLOC_LARGE_CACHE", "0")]),
             ("3145728", "grown", &[]),
-            ("8388608", "read", DEBUG),
+            ("50331648", "read", DEBUG),
             ("1048576", "read", DEBUG),
             ("1048576", "write", DEBUG),
             ("1048576", "moved", DEBUG),
             ("1048576", "live", &[]),
-            ("8388608", "live", &[]),
+            ("50331648", "live", &[]),
             ("1048576", "live", DEBUG),
         ];
         for (size, how, env) in cases {

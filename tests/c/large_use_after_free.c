@@ -4,7 +4,7 @@
      large_use_after_free SIZE read|write|moved|grown   must die of SIGSEGV
      large_use_after_free SIZE live                     must exit 0
    "moved": the old address of a block that realloc moved elsewhere.
-   "grown": a block that realloc grew to 16 times its size (beyond 4 MiB
+   "grown": a block that realloc grew to 16 times its size (beyond 32 MiB
    from a span of a region whose right neighbour is free), then freed.
    The driver is tests/c_programs.rs. */
 #include "check.h"
