@@ -631,7 +631,7 @@ unsafe fn guard_span(base: *mut u8, len: usize, accessible: bool) -> bool {
 
 /// How far the pages resident in regions may exceed the live peak: a
 /// share of it, and a floor (`hold_footprint`).
-const FREE_RESIDENT_SHARE: usize = 8;
+const FREE_RESIDENT_SHARE: usize = 10;
 const FREE_RESIDENT_MIN: usize = region::REGION_MIN;
 
 /// Most mappings the cache holds.

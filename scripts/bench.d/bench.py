@@ -31,7 +31,7 @@ BUILTIN = "cpython-pymalloc"
 def workloads(build, python):
     """(name, group, argv); group is c1 (single thread), cN (N threads), py, oom or memret."""
     single, threads, memret = (os.path.join(build, x) for x in ("single", "threads", "memret"))
-    rows = [(f"c1.{m}", "c1", [single, m]) for m in ("random", "lifo", "realloc", "medium", "large", "grow")]
+    rows = [(f"c1.{m}", "c1", [single, m]) for m in ("random", "lifo", "realloc", "medium", "large", "spread", "huge", "grow")]
     for n in (1, 2, 4):
         rows += [(f"t{n}.{m}", f"c{n}", [threads, m, str(n)]) for m in ("churn", "prodcons", "larson")]
     rows += [(f"py.{m}", "py", [python, os.path.join(HERE, "py.py"), m]) for m in ("churn", "json", "dict", "tree")]

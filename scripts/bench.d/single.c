@@ -1,10 +1,14 @@
 /* Single-threaded allocation workloads.
- *   single random|lifo|realloc|medium|large|grow [scale]
+ *   single random|lifo|realloc|medium|large|spread|huge|grow [scale]
  * random:  16..512 B blocks with random lifetimes (a sliding window of slots)
  * lifo:    bursts of mixed sizes freed in reverse order (stack-like phases)
  * realloc: buffers grown by small appends, and vectors grown by doubling
  * medium:  512 B .. 4 MiB blocks replaced at random, every page touched
  * large:   32 buffers of 1 .. 32 MiB replaced at random, every page touched
+ * spread:  the same with 24 buffers whose sizes spread evenly over 1 .. 32 MiB
+ * huge:    20 buffers of 5 .. 25 MiB (evenly), each replaced by a new one
+ *          written whole before the old one is freed (mimalloc-bench's
+ *          malloc-large)
  * grow:    a heap that grows to 1 GiB of mixed blocks, then shrinks to empty
  * `scale` (default 1) multiplies the amount of work.  Prints a checksum so
  * the work cannot be optimised away. */
@@ -109,22 +113,46 @@ static void medium_large(double scale) {
     for (size_t k = 0; k < SLOTS; k++) free(slot[k]);
 }
 
-static void large_buffers(double scale) {
-    enum { SLOTS = 32 };
-    static char *slot[SLOTS];
-    static size_t size[SLOTS];
-    long ops = (long)(600 * scale);
-    for (long i = 0; i < ops + SLOTS; i++) {
-        size_t k = i < SLOTS ? (size_t)i : next() % SLOTS;
+/* `slots` buffers of `draw()` bytes, replaced at random `ops` times, every
+   page touched. */
+static void replace_buffers(size_t slots, long ops, size_t (*draw)(void)) {
+    enum { SLOTS_MAX = 32 };
+    static char *slot[SLOTS_MAX];
+    static size_t size[SLOTS_MAX];
+    for (long i = 0; i < ops + (long)slots; i++) {
+        size_t k = i < (long)slots ? (size_t)i : next() % slots;
         if (slot[k]) {
             sum += (unsigned char)slot[k][size[k] / 2];
             free(slot[k]);
         }
-        size_t n = log_size(1 << 20, 32 << 20);
+        size_t n = draw();
         slot[k] = malloc(n);
         size[k] = n;
         for (size_t off = 0; off < n; off += 4096) slot[k][off] = (char)off;
         slot[k][n / 2] = (char)n;
+    }
+    for (size_t k = 0; k < slots; k++) free(slot[k]);
+}
+
+static size_t log_large(void) { return log_size(1 << 20, 32 << 20); }
+static size_t even_large(void) { return (1 << 20) + next() % (31 << 20); }
+
+static void large_buffers(double scale) { replace_buffers(32, (long)(600 * scale), log_large); }
+static void spread_buffers(double scale) { replace_buffers(24, (long)(600 * scale), even_large); }
+
+static void huge_buffers(double scale) {
+    enum { SLOTS = 20 };
+    static char *slot[SLOTS];
+    static volatile char zero;
+    long ops = (long)(400 * scale);
+    for (long i = 0; i < ops; i++) {
+        size_t k = next() % SLOTS;
+        size_t n = (5 << 20) + next() % (20 << 20);
+        char *p = malloc(n);
+        memset(p, zero, n); /* a value, not a constant: no calloc */
+        free(slot[k]);
+        slot[k] = p;
+        sum += (unsigned char)p[n / 2];
     }
     for (size_t k = 0; k < SLOTS; k++) free(slot[k]);
 }
@@ -180,6 +208,8 @@ int main(int argc, char **argv) {
     else if (!strcmp(mode, "realloc")) realloc_growth(scale);
     else if (!strcmp(mode, "medium")) medium_large(scale);
     else if (!strcmp(mode, "large")) large_buffers(scale);
+    else if (!strcmp(mode, "spread")) spread_buffers(scale);
+    else if (!strcmp(mode, "huge")) huge_buffers(scale);
     else if (!strcmp(mode, "grow")) grow_shrink(scale);
     else {
         fprintf(stderr, "single: unknown workload %s\n", mode);
