@@ -249,20 +249,21 @@ impl Large {
         };
         // SAFETY: a free span just taken out of its bin: ours alone.
         let s = unsafe { &mut *span };
+        // Live before anything can merge with it.
+        s.free = false;
         if s.len > len {
             let rest = self.records.alloc();
             if !rest.is_null() {
                 // SAFETY: the slot is ours; `len` is inside the span, and
-                // the rest joins the span's place in the region's tiling.
+                // the rest joins the span's place in the region's tiling
+                // (merged with its right neighbour if it now can be).
                 unsafe {
                     rest.write(LargeBlock::span(s.base.add(len), s.len - len, s.dirty.after(len), s.freed_at));
                     self.split_off(s, &mut *rest);
-                    self.regions.bin(&mut *rest);
+                    self.release_span(&mut *rest);
                 }
             }
         }
-        // Live before anything else can merge with it.
-        s.free = false;
         let fresh = s.len - s.dirty.within(s.len);
         self.hold_footprint(fresh, s.len);
         // SAFETY: the span's pages are ours, and now the caller's.
@@ -594,7 +595,7 @@ impl Large {
                     right.base = unsafe { right.base.add(grown) };
                     right.len -= grown;
                     right.dirty = right.dirty.after(grown);
-                    self.regions.bin(right);
+                    self.release_span(right); // clean now, it may merge with its right neighbour
                 } else {
                     b.right = right.right;
                     // SAFETY: as above; nothing refers to `right` any more.
