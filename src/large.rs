@@ -292,11 +292,14 @@ impl Large {
         while excess > 0 {
             // SAFETY: binned spans are live descriptors of free pages.
             let Some(s) = (unsafe { self.regions.oldest_dirty().as_mut() }) else { break };
-            // The end of its dirty bytes, the part the next fit reuses last.
+            // The start of its dirty bytes: what is left resident is then
+            // whole freed blocks' tails, never a freed block's header
+            // above released pages (which the debug mode's check of
+            // reused memory would read as poison overwritten).
             let cut = os::page_round_up(excess.min(s.dirty.len()));
-            let dirty = Dirty { from: s.dirty.from, to: s.dirty.to - cut };
+            let dirty = Dirty { from: s.dirty.from + cut, to: s.dirty.to };
             // SAFETY: the span's pages hold no live block.
-            unsafe { os::decommit(s.base.add(dirty.to), cut) };
+            unsafe { os::decommit(s.base.add(s.dirty.from), cut) };
             excess = excess.saturating_sub(cut);
             self.regions.unbin(s);
             s.dirty = if dirty.is_none() { Dirty::NONE } else { dirty };
