@@ -111,10 +111,11 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
         (&["trim"], &[]),
         (&["decay", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
         (&["decay", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
-        (&["cache", "2"], &[]),
+        (&["cache", "1"], &[]),
+        (&["cache", "2"], &[("PYMALLOC_LARGE_CACHE", "100M")]),
         (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "0")]),
-        (&["cache", "1"], &[("PYMALLOC_LARGE_CACHE", "8M")]),
-        (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "7M")]),
+        (&["cache", "1"], &[("PYMALLOC_LARGE_CACHE", "40M")]),
+        (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "39M")]),
     ];
     for (args, vars) in cases {
         let what = format!("memory_return {} {vars:?}", args.join(" "));

@@ -18,7 +18,7 @@
 #include "pymalloc.h"
 
 /* LARGE_SIZE blocks come from a region; MAPPING_SIZE ones are mappings. */
-enum { SMALL = 20000, LARGE = 6, LARGE_SIZE = 2 << 20, MAPPING_SIZE = 8 << 20 };
+enum { SMALL = 20000, LARGE = 6, LARGE_SIZE = 2 << 20, MAPPING_SIZE = 40 << 20 };
 
 static pymalloc_stats get(void) {
     pymalloc_stats s;
