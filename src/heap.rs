@@ -102,7 +102,8 @@ pub struct Heap {
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
     clock: u64,
-    /// Calls to `free` left until the next tick.
+    /// Calls to `free` left until the next tick (0 at first: the first
+    /// free ticks, and the heap starts as zero bytes).
     frees_to_tick: u32,
     /// Searches the thread caches; None while there are none.
     cache_search: Option<CacheSearch>,
@@ -126,7 +127,7 @@ impl Heap {
             has_fault: false,
             fault: Fault::InvalidPointer,
             clock: 0,
-            frees_to_tick: TICK_FREES,
+            frees_to_tick: 0,
             cache_search: None,
         }
     }
