@@ -598,7 +598,7 @@ impl Large {
                     right.base = unsafe { right.base.add(grown) };
                     right.len -= grown;
                     right.dirty = right.dirty.after(grown);
-                    self.release_span(right); // clean now, it may merge with its right neighbour
+                    self.release_span(right); // shorter now, it may merge with its right neighbour
                 } else {
                     b.right = right.right;
                     // SAFETY: as above; nothing refers to `right` any more.
@@ -779,4 +779,3 @@ impl RecentlyFreed {
         !p.is_null() && self.bases.contains(&p)
     }
 }
-

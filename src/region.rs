@@ -8,11 +8,15 @@
 //! A freed block merges with its free neighbours and keeps its pages, so
 //! the next large request of any size reuses pages that are already
 //! faulted in, as glibc's heap does below its mmap threshold. A free span
-//! knows how many of its bytes, from its start, may be resident; a
+//! knows the one interval of its bytes that may be resident (`Dirty`),
+//! and two free neighbours merge only when their intervals join into one
+//! (`mergeable`), so that what free spans hold is counted exactly. A
 //! request takes the span that needs the fewest new pages, from its
-//! start, so the footprint grows only when the holes cannot serve. Free spans
-//! unused for `PYMALLOC_DECAY_MS` give their pages back
-//! (`MADV_DONTNEED`), and a region that is one free span is unmapped.
+//! start, so the footprint grows only when the holes cannot serve. Free
+//! spans unused for `PYMALLOC_DECAY_MS` give their pages back
+//! (`MADV_DONTNEED`), the oldest sooner when a request needs fresh pages
+//! while free spans hold more than their bound (`Large::hold_footprint`),
+//! and a region that is one free span is unmapped.
 //!
 //! Spans are described by `LargeBlock`s in the heap's slab, never by
 //! headers next to the pages, so an overflow cannot corrupt them. Each
