@@ -119,3 +119,38 @@ impl Linked for LargeBlock {
         (&mut self.prev, &mut self.next)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::Dirty;
+
+    const P: usize = 4096;
+
+    fn d(from: usize, to: usize) -> Dirty {
+        Dirty { from: from * P, to: to * P }
+    }
+
+    #[test]
+    fn the_dirty_bytes_of_a_span_split_at_its_start() {
+        let dirty = d(2, 6);
+        assert_eq!(dirty.within(P), 0, "the first page is clean");
+        assert_eq!(dirty.within(4 * P), 2 * P);
+        assert_eq!(dirty.within(10 * P), 4 * P);
+        assert_eq!(dirty.after(P), d(1, 5));
+        assert_eq!(dirty.after(4 * P), d(0, 2));
+        assert_eq!(dirty.after(6 * P), Dirty::NONE, "nothing dirty past the interval");
+        assert_eq!(Dirty::all(3 * P).after(3 * P), Dirty::NONE);
+        assert!(Dirty::NONE.is_none() && Dirty::NONE.within(10 * P) == 0);
+    }
+
+    #[test]
+    fn neighbours_join_only_into_one_interval() {
+        // A span of 4 pages followed by another.
+        assert_eq!(d(1, 4).join(4 * P, d(0, 2)), Some(d(1, 6)), "touching at the boundary");
+        assert_eq!(d(1, 3).join(4 * P, d(0, 2)), None, "a clean page between");
+        assert_eq!(d(1, 4).join(4 * P, d(1, 2)), None, "a clean page between");
+        assert_eq!(Dirty::NONE.join(4 * P, d(1, 2)), Some(d(5, 6)), "a clean left span");
+        assert_eq!(d(0, 2).join(4 * P, Dirty::NONE), Some(d(0, 2)), "a clean right span");
+        assert_eq!(Dirty::NONE.join(4 * P, Dirty::NONE), Some(Dirty::NONE));
+    }
+}

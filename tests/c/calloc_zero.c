@@ -78,6 +78,35 @@ int main(void) {
         free(small);
     }
 
+    /* spans of regions whose pages the footprint bound gave back in part
+       (the oldest free ones first, when a request needs fresh pages):
+       whatever a calloc'ed span is cut from, it reads as zero */
+    {
+        enum { SPANS = 12 };
+        void *spans[SPANS];
+        for (int i = 0; i < SPANS; i++) spans[i] = dirty((size_t)(i + 1) << 20);
+        for (int i = 0; i < SPANS; i += 2) free(spans[i]), spans[i] = NULL; /* holes of 1, 3, 5 ... MiB */
+        void *fresh = dirty((size_t)24 << 20);             /* fits no hole: fresh pages */
+        uint64_t rng = 42;
+        for (int round = 0; round < 200; round++) {
+            rng ^= rng << 13, rng ^= rng >> 7, rng ^= rng << 17;
+            int k = (int)(rng % SPANS);
+            size_t n = ((size_t)(rng >> 20) % (12 << 20)) + (256 << 10);
+            if (k % 2 == 0) { /* a hole: fill it with a calloc'ed span, dirtied */
+                if (spans[k]) free(spans[k]);
+                unsigned char *c = calloc(opaque(1), opaque(n));
+                check_zero(c, n, "calloc of a span", 1, n, round);
+                memset(c, 0xEE, malloc_usable_size(c));
+                spans[k] = c;
+            } else if (round % 16 == 0) { /* now and then, more fresh pages */
+                free(fresh);
+                fresh = dirty(((size_t)(rng >> 8) % (24 << 20)) + (8 << 20));
+            }
+        }
+        for (int i = 0; i < SPANS; i++) free(spans[i]);
+        free(fresh);
+    }
+
     /* realloc-shrunk dirty blocks: the freed tail must also come back zeroed */
     for (int round = 0; round < 50; round++) {
         size_t n = 4096 + (size_t)round * 512;
