@@ -297,12 +297,11 @@ impl Large {
             // above released pages (which the debug mode's check of
             // reused memory would read as poison overwritten).
             let cut = os::page_round_up(excess.min(s.dirty.len()));
-            let dirty = Dirty { from: s.dirty.from + cut, to: s.dirty.to };
             // SAFETY: the span's pages hold no live block.
             unsafe { os::decommit(s.base.add(s.dirty.from), cut) };
             excess = excess.saturating_sub(cut);
             self.regions.unbin(s);
-            s.dirty = if dirty.is_none() { Dirty::NONE } else { dirty };
+            s.dirty = s.dirty.without_first(cut);
             self.release_span(s); // it may merge with a neighbour now
         }
     }

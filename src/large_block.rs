@@ -95,6 +95,12 @@ impl Dirty {
         self.to.min(len).saturating_sub(self.from)
     }
 
+    /// The interval without its first `n` bytes (at most its length).
+    pub fn without_first(self, n: usize) -> Dirty {
+        let from = self.from + n;
+        if from >= self.to { Dirty::NONE } else { Dirty { from, to: self.to } }
+    }
+
     /// What is dirty past the first `len` bytes, as offsets from there.
     pub fn after(self, len: usize) -> Dirty {
         if self.to <= len { Dirty::NONE } else { Dirty { from: self.from.max(len) - len, to: self.to - len } }
@@ -140,6 +146,8 @@ mod tests {
         assert_eq!(dirty.after(4 * P), d(0, 2));
         assert_eq!(dirty.after(6 * P), Dirty::NONE, "nothing dirty past the interval");
         assert_eq!(Dirty::all(3 * P).after(3 * P), Dirty::NONE);
+        assert_eq!(dirty.without_first(P), d(3, 6));
+        assert_eq!(dirty.without_first(4 * P), Dirty::NONE, "all of it given back");
         assert!(Dirty::NONE.is_none() && Dirty::NONE.within(10 * P) == 0);
     }
 

@@ -222,8 +222,7 @@ impl Regions {
 
     /// The first broken invariant of the free spans, if any: each is
     /// binned by its size, merged with the neighbours it is `mergeable`
-    /// with (which link back to
-    /// it), and the totals add up.
+    /// with (which link back to it), and the totals add up.
     pub fn check(&self) -> Result<(), &'static str> {
         let (mut spans, mut bytes, mut dirty_spans, mut dirty, mut idle) = (0, 0, 0, 0, 0);
         for (bin, &head) in self.bins.iter().enumerate() {
