@@ -192,7 +192,7 @@ fn free_contended(p: *mut c_void, function: &str) {
 fn free_pool_block(p: *mut c_void, block: PoolBlock) {
     if single_threaded() {
         if let Some(mut heap) = HEAP.try_lock() {
-            if heap.free_fast_in(block.pool, p.cast()) {
+            if heap.free_fast_live(block, p.cast()) {
                 return;
             }
         }

@@ -215,6 +215,20 @@ impl Heap {
     /// `free_fast` of `p`, whose pool a lookup found to be `pool`.
     #[inline(always)]
     pub fn free_fast_in(&mut self, pool: *mut Pool, p: *mut u8) -> bool {
+        self.free_fast_vouched(pool, p, |pool, secret| pool.is_unkeyed_carved_block(p, secret))
+    }
+
+    /// `free_fast_in` of `p`, a block `live_block` found live and that has
+    /// not been given back since (by `realloc`): not checked again.
+    #[inline(always)]
+    pub fn free_fast_live(&mut self, block: PoolBlock, p: *mut u8) -> bool {
+        self.free_fast_vouched(block.pool, p, |_, _| true)
+    }
+
+    /// `free_fast_in`, with `vouch` saying whether `p` is a live block of
+    /// the pool (a carved block without its key).
+    #[inline(always)]
+    fn free_fast_vouched(&mut self, pool: *mut Pool, p: *mut u8, vouch: impl FnOnce(&Pool, Secret) -> bool) -> bool {
         // SAFETY: the caller's lookup returned a born pool of a live arena.
         let pool = unsafe { &mut *pool };
         if pool.ref_count.get() <= 1 {
@@ -226,7 +240,7 @@ impl Heap {
             }
             pool.emptied_at = self.clock;
         }
-        if self.frees_to_tick <= 1 || !pool.is_unkeyed_carved_block(p, self.secret) {
+        if self.frees_to_tick <= 1 || !vouch(pool, self.secret) {
             return false;
         }
         let was_full = pool.is_full();
