@@ -218,8 +218,9 @@ impl Heap {
         self.free_fast_vouched(pool, p, |pool, secret| pool.is_unkeyed_carved_block(p, secret))
     }
 
-    /// `free_fast_in` of `p`, a block `live_block` found live and that has
-    /// not been given back since (by `realloc`): not checked again.
+    /// `free_fast_in` of `p`, which `live_block` found live on this thread
+    /// with nothing freed since (`realloc`, once it has its new block): the
+    /// lookup's checks still hold, so they are not made again.
     #[inline(always)]
     pub fn free_fast_live(&mut self, block: PoolBlock, p: *mut u8) -> bool {
         self.free_fast_vouched(block.pool, p, |_, _| true)

@@ -401,7 +401,7 @@ impl ThreadCache {
     /// `class`, the bin being freed to, goes last: it is the one in use.
     /// Halving every bin instead would move most of the cache through the
     /// lock at once and write the headers of pools other threads read
-    /// (`threads churn 2` took 30% longer).
+    /// (`threads churn 2` took 25% longer).
     fn shrink(&self, heap: &mut Heap, class: usize) -> Result<(), Fault> {
         let held = |c: usize| self.bin(c).count.load(Relaxed) as usize * self.bin(c).size as usize;
         while self.bytes.load(Relaxed) > self.limit / 2 {
