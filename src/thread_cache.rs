@@ -405,8 +405,7 @@ impl ThreadCache {
     fn shrink(&self, heap: &mut Heap, class: usize) -> Result<(), Fault> {
         let held = |c: usize| self.bin(c).count.load(Relaxed) as usize * self.bin(c).size as usize;
         while self.bytes.load(Relaxed) > self.limit / 2 {
-            let other = (0..CACHED_CLASSES).filter(|&c| c != class).max_by_key(|&c| held(c)).unwrap_or(class);
-            let victim = if held(other) > 0 { other } else { class };
+            let victim = (0..CACHED_CLASSES).filter(|&c| c != class && held(c) > 0).max_by_key(|&c| held(c)).unwrap_or(class);
             let bin = self.bin(victim);
             bin.max.store((bin.max() / 2).max(bin.initial), Relaxed);
             self.flush(heap, victim, bin.count.load(Relaxed).div_ceil(2))?;
