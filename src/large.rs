@@ -237,8 +237,9 @@ impl Large {
     }
 
     /// A span of `len` bytes (a multiple of the page size) from the
-    /// regions, mapping a new region if no free span is big enough; also
-    /// whether it reads as zero.
+    /// regions, mapping a new region if no free span is big enough, placed
+    /// where its free span has the most resident pages; also whether it
+    /// reads as zero.
     fn take_span(&mut self, len: usize) -> Result<Option<(*mut LargeBlock, bool)>, NoSpace> {
         let span = match self.regions.take(len) {
             Some(span) => span,
@@ -248,9 +249,26 @@ impl Large {
             },
         };
         // SAFETY: a free span just taken out of its bin: ours alone.
-        let s = unsafe { &mut *span };
+        let mut s = unsafe { &mut *span };
         // Live before anything can merge with it.
         s.free = false;
+        let at = s.placement(len);
+        if at > 0 {
+            let block = self.records.alloc();
+            if !block.is_null() {
+                // SAFETY: the slot is ours; `at..at + len` is inside the
+                // span, whose pages before it stay a free span in its place.
+                unsafe {
+                    block.write(LargeBlock::span(s.base.add(at), s.len - at, s.dirty.after(at), s.freed_at));
+                    (*block).free = false;
+                    s.dirty = s.dirty.before(at);
+                    self.split_off(s, &mut *block);
+                    s.free = true;
+                    self.release_span(s);
+                    s = &mut *block;
+                }
+            }
+        }
         if s.len > len {
             let rest = self.records.alloc();
             if !rest.is_null() {
@@ -272,7 +290,7 @@ impl Large {
             self.release_span(s);
             return Ok(None);
         }
-        Ok(Some((span, fresh == s.len)))
+        Ok(Some((ptr::from_mut(s), fresh == s.len)))
     }
 
     /// Keeps the pages resident in regions (live blocks, which `coming`

@@ -57,6 +57,26 @@ impl LargeBlock {
         self.left.is_null() && self.right.is_null()
     }
 
+    /// Where a block of `len` bytes (at most the span's length) goes in
+    /// this free span: the offset, in whole pages, that reuses the most of
+    /// its resident pages; its start when that does as well.
+    pub fn placement(&self, len: usize) -> usize {
+        let d = self.dirty;
+        if d.within(len) >= len.min(d.len()) {
+            0
+        } else {
+            // The dirty bytes reach past `len` and do not start the span:
+            // the block ends where they end (`d.to <= self.len`).
+            d.to - len
+        }
+    }
+
+    /// The pages a block of `len` bytes placed in this free span must
+    /// fault in afresh.
+    pub fn fresh_for(&self, len: usize) -> usize {
+        len - self.dirty.overlap(self.placement(len), len)
+    }
+
     /// Whether `free_sized` may name `size` for this block: a mapping from
     /// the cache, or one a realloc kept, may be up to twice as big as asked.
     pub fn fits_size(&self, size: usize) -> bool {
@@ -95,6 +115,16 @@ impl Dirty {
         self.to.min(len).saturating_sub(self.from)
     }
 
+    /// The dirty bytes among `at..at + len`.
+    pub fn overlap(self, at: usize, len: usize) -> usize {
+        self.to.min(at + len).saturating_sub(self.from.max(at))
+    }
+
+    /// What is dirty among the first `len` bytes.
+    pub fn before(self, len: usize) -> Dirty {
+        if self.from >= len { Dirty::NONE } else { Dirty { from: self.from, to: self.to.min(len) } }
+    }
+
     /// The interval without its first `n` bytes (at most its length).
     pub fn without_first(self, n: usize) -> Dirty {
         let from = self.from + n;
@@ -128,7 +158,7 @@ impl Linked for LargeBlock {
 
 #[cfg(test)]
 mod tests {
-    use super::Dirty;
+    use super::{Dirty, LargeBlock};
 
     const P: usize = 4096;
 
@@ -149,6 +179,26 @@ mod tests {
         assert_eq!(dirty.without_first(P), d(3, 6));
         assert_eq!(dirty.without_first(4 * P), Dirty::NONE, "all of it given back");
         assert!(Dirty::NONE.is_none() && Dirty::NONE.within(10 * P) == 0);
+        assert_eq!(dirty.before(4 * P), d(2, 4));
+        assert_eq!(dirty.before(2 * P), Dirty::NONE, "clean up to where it starts");
+        assert_eq!(dirty.before(10 * P), dirty);
+        assert_eq!(dirty.overlap(3 * P, 2 * P), 2 * P);
+        assert_eq!(dirty.overlap(5 * P, 4 * P), P);
+        assert_eq!(dirty.overlap(6 * P, 4 * P), 0);
+    }
+
+    #[test]
+    fn a_block_goes_where_the_span_has_resident_pages() {
+        let span = |dirty| LargeBlock::span(core::ptr::null_mut(), 10 * P, dirty, 0);
+        assert_eq!(span(Dirty::NONE).placement(4 * P), 0, "a clean span: its start");
+        assert_eq!(span(d(0, 6)).placement(4 * P), 0, "resident at its start");
+        assert_eq!(span(d(2, 3)).placement(4 * P), 0, "the start covers all there is");
+        assert_eq!(span(d(4, 10)).placement(4 * P), 6 * P, "resident at its end");
+        assert_eq!(span(d(3, 9)).placement(4 * P), 5 * P, "inside what is resident");
+        assert_eq!(span(d(3, 6)).placement(4 * P), 2 * P, "over all that is resident");
+        assert_eq!(span(d(3, 9)).fresh_for(4 * P), 0);
+        assert_eq!(span(d(3, 6)).fresh_for(4 * P), P);
+        assert_eq!(span(d(4, 10)).fresh_for(10 * P), 4 * P);
     }
 
     #[test]

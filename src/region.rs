@@ -11,8 +11,10 @@
 //! knows the one interval of its bytes that may be resident (`Dirty`),
 //! and two free neighbours merge only when their intervals join into one
 //! (`mergeable`), so that what free spans hold is counted exactly. A
-//! request takes the span that needs the fewest new pages, from its
-//! start, so the footprint grows only when the holes cannot serve. Free
+//! request takes the span that needs the fewest new pages, placed over
+//! its resident ones (`LargeBlock::placement`: its start, or where the
+//! resident pages end), so the footprint grows only when the holes
+//! cannot serve. Free
 //! spans unused for `PYMALLOC_DECAY_MS` give their pages back
 //! (`MADV_DONTNEED`), the oldest sooner when a request needs fresh pages
 //! while free spans hold more than their bound (`Large::hold_footprint`),
@@ -101,45 +103,33 @@ impl Regions {
     }
 
     /// Takes a free span of at least `len` bytes (a multiple of the page
-    /// size) out of its bin: among the first few of `len`'s own bin, then
-    /// of the next bin that has any, the best fit, preferring spans whose
-    /// pages are resident (reusing them costs no page faults and no more
-    /// memory).
+    /// size) out of its bin: the best fit among the first few of `len`'s
+    /// own bin and of the bins above, from the smallest up, preferring
+    /// spans whose resident pages the block can reuse (reusing them costs
+    /// no page faults and no more memory). The search ends at the first
+    /// bin that holds a span needing no new pages.
     pub fn take(&mut self, len: usize) -> Option<*mut LargeBlock> {
-        let own = bin_of(len);
-        let mut best = self.best_fit(own, len);
-        if best.is_null() {
-            let above = self.nonempty & !((2u32 << own) - 1);
-            if above == 0 {
-                return None;
+        let mut bins = self.nonempty & !((1u32 << bin_of(len)) - 1);
+        let mut best: *mut LargeBlock = ptr::null_mut();
+        let key = |s: &LargeBlock| (s.fresh_for(len), s.len, s.base as usize);
+        // SAFETY (both loops): binned spans are live descriptors linked
+        // only here.
+        while bins != 0 && unsafe { best.as_ref() }.is_none_or(|b| b.fresh_for(len) > 0) {
+            let bin = bins.trailing_zeros() as usize % BINS;
+            bins &= bins - 1;
+            let mut cur = self.bins[bin];
+            for _ in 0..FIT_SCAN {
+                let Some(span) = (unsafe { cur.as_ref() }) else { break };
+                if span.len >= len && unsafe { best.as_ref() }.is_none_or(|b| key(span) < key(b)) {
+                    best = cur;
+                }
+                cur = span.next;
             }
-            best = self.best_fit(above.trailing_zeros() as usize % BINS, len);
         }
-        // SAFETY: binned spans are live descriptors linked only here.
+        // SAFETY: as above; the caller takes it out of the bins.
         let span = unsafe { best.as_mut()? };
         self.unbin(span);
         Some(span)
-    }
-
-    /// The best span of `bin` for `len` bytes among its first `FIT_SCAN`:
-    /// the one that needs the fewest new pages (so the footprint grows
-    /// least), then the smallest, then the lowest.
-    fn best_fit(&self, bin: usize, len: usize) -> *mut LargeBlock {
-        let mut best: Option<&LargeBlock> = None;
-        let mut cur = self.bins[bin];
-        for _ in 0..FIT_SCAN {
-            // SAFETY: binned spans are live descriptors linked only here.
-            let Some(span) = (unsafe { cur.as_ref() }) else { break };
-            cur = span.next;
-            if span.len < len {
-                continue;
-            }
-            let key = |s: &LargeBlock| (len - s.dirty.within(len), s.len, s.base as usize);
-            if best.is_none_or(|b| key(span) < key(b)) {
-                best = Some(span);
-            }
-        }
-        best.map_or(ptr::null_mut(), |b| ptr::from_ref(b).cast_mut())
     }
 
     /// Puts a free span in its bin.
