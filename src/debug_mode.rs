@@ -29,7 +29,7 @@
 //!   block is made inaccessible at once, which catches reads too); a
 //!   block leaving the quarantine is checked for writes after free. A
 //!   second free of a block found in the quarantine is a double free. A
-//!   block the heap hands out again is checked too, if it still holds the
+//!   pool block the heap hands out again is checked too, if it still holds the
 //!   poisoned debug block it was (with no quarantine, that is where a
 //!   write after free shows).
 //!
@@ -142,8 +142,11 @@ pub fn alloc(heap: &mut Heap, n: usize, align: usize, zero: bool) -> Result<*mut
         return heap.take_fault().map_or(Ok(core::ptr::null_mut()), Err);
     }
     let base = block.ptr;
-    let usable = heap.usable_size(base)?;
-    if !block.zeroed {
+    let (usable, class_size) = heap.block_info(base)?;
+    // A large block's pages are closed when it is freed, so a write after
+    // free faults at once; and a later span may start inside it, leaving
+    // a header that is not the last tenant's.
+    if !block.zeroed && class_size != 0 {
         check_reused(base.wrapping_add(front), usable - front - TAIL)?;
     }
     // SAFETY: the heap block holds `usable >= front + n + TAIL` bytes.
@@ -166,7 +169,7 @@ pub fn alloc(heap: &mut Heap, n: usize, align: usize, zero: bool) -> Result<*mut
     }
 }
 
-/// A heap block handed out again, whose bytes at `p` (where the new
+/// A pool block handed out again, whose bytes at `p` (where the new
 /// debug block goes, with `room` bytes at most) may still be the freed
 /// debug block that was there: if its guard and size say so, its poison
 /// must be intact. Only the last tenant's header can say so: the heap
@@ -424,6 +427,27 @@ mod tests {
                 free(&mut heap, &mut Quarantine::new(), z, None).unwrap();
             }
         }
+        heap.check().unwrap();
+    }
+
+    #[test]
+    fn a_large_block_placed_inside_one_freed_earlier_is_no_write_after_free() {
+        let mut heap = heap();
+        let mut quarantine = Box::new(Quarantine::new());
+        // A clean span, then the freed block `a` after it, as one free span.
+        let x = alloc(&mut heap, 160_000, 1, false).unwrap();
+        let a = alloc(&mut heap, 300_000, 1, false).unwrap();
+        free(&mut heap, &mut quarantine, x, None).unwrap();
+        heap.trim();
+        free(&mut heap, &mut quarantine, a, None).unwrap();
+        // `y` reuses the end of `a`'s pages, leaving `a`'s stale header.
+        let y = alloc(&mut heap, 140_000, 1, false).unwrap();
+        assert!(y > a.wrapping_add(4096) && y < a.wrapping_add(300_000), "the premise: y lies inside a");
+        free(&mut heap, &mut quarantine, y, None).unwrap();
+        // Back where `a` was: its stale header is not the last tenant's.
+        let z = alloc(&mut heap, 300_000, 1, false).unwrap();
+        assert_eq!(z, a, "the premise: z takes a's place");
+        free(&mut heap, &mut quarantine, z, None).unwrap();
         heap.check().unwrap();
     }
 
