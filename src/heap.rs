@@ -638,29 +638,59 @@ impl Heap {
         pool.prevpool = ptr::null_mut();
     }
 
-    /// Gives a pool to `class`, taking it from the tier's most used arena,
-    /// or from a new arena; null when out of memory.
+    /// Gives a pool to `class`: a free pool of the tier's most used arena
+    /// if its pages are resident, else another class's kept pool of the
+    /// tier (resident too: a program whose classes change as it goes, a
+    /// buffer grown through them, say, reuses its pages instead of
+    /// faulting in new ones), else a free pool of that arena or a new
+    /// arena's; null when out of memory.
     #[cold]
     fn new_used_pool(&mut self, class: usize) -> *mut Pool {
         let tier = class_info(class).tier as usize;
-        let pool = match self.tier_mut(tier).take_pool() {
+        // SAFETY: usable arenas and their free pools are live.
+        let resident_free = unsafe { self.tier_mut(tier).usable.as_ref() }
+            .is_some_and(|arena| unsafe { arena.freepools.as_ref() }.is_some_and(|pool| pool.dirty_end != 0));
+        let unkept = if resident_free { None } else { self.unkeep_other(class, tier) };
+        let pool = match unkept {
             Some(pool) => pool,
-            None => {
-                if !self.add_arena(tier) {
-                    return ptr::null_mut();
+            None => match self.tier_mut(tier).take_pool() {
+                Some(pool) => pool,
+                None => {
+                    if !self.add_arena(tier) {
+                        return ptr::null_mut();
+                    }
+                    match self.tier_mut(tier).take_pool() {
+                        Some(pool) => pool,
+                        None => return ptr::null_mut(),
+                    }
                 }
-                match self.tier_mut(tier).take_pool() {
-                    Some(pool) => pool,
-                    None => return ptr::null_mut(),
-                }
-            }
+            },
         };
-        // SAFETY: take_pool returns a live, empty pool of a live arena.
+        // SAFETY: both sources give a live, empty pool of a live arena, on
+        // no used list.
         let pool = unsafe { &mut *pool };
         self.dirty_pools.remove(pool);
         pool.init(class);
         self.link_used(pool);
         pool
+    }
+
+    /// Takes the empty kept pool of another class of `tier` with the most
+    /// resident bytes off its used list, unkept; None if there is none.
+    fn unkeep_other(&mut self, class: usize, tier: usize) -> Option<*mut Pool> {
+        let mut best: Option<usize> = None;
+        for other in (0..NUM_CLASSES).filter(|&c| c != class && class_info(c).tier as usize == tier) {
+            // SAFETY: kept pools are live pools of their class (`pool_emptied`).
+            let Some(pool) = (unsafe { self.kept[other].as_ref() }) else { continue };
+            // SAFETY: as above.
+            if pool.ref_count.get() == 0 && best.is_none_or(|b| unsafe { (*self.kept[b]).dirty_end } < pool.dirty_end) {
+                best = Some(other);
+            }
+        }
+        let pool = core::mem::replace(&mut self.kept[best?], ptr::null_mut());
+        // SAFETY: as above: a live pool on its class's used list.
+        self.unlink_used(unsafe { &mut *pool });
+        Some(pool)
     }
 
     /// A pool just became empty: kept on its used list if its class has
