@@ -84,7 +84,8 @@ pub struct Heap {
     /// Per class, the pool last kept when it became empty: it stays on
     /// the used list (ready for the next `malloc`, with its free list),
     /// not returned to its arena, until it stays empty for the decay time
-    /// (`purge`). Only this pool may be empty on the class's used list;
+    /// (`purge`) or another class of its tier takes it (`unkeep_other`).
+    /// Only this pool may be empty on the class's used list;
     /// once it serves blocks again it is an ordinary used pool.
     kept: [*mut Pool; NUM_CLASSES],
     /// Mangles free-list links; drawn when the first arena is mapped.
