@@ -486,6 +486,64 @@ fn an_emptied_pool_is_kept_until_it_decays() {
 }
 
 #[test]
+fn a_large_block_reuses_the_resident_pages_of_a_hole_after_clean_ones() {
+    let mut heap = new_heap();
+    // Clean pages (given back), then a freed block's resident pages, in
+    // one free span.
+    let x = heap.alloc(400 << 10).ptr;
+    let a = heap.alloc(300 << 10).ptr;
+    let guard = heap.alloc(200 << 10).ptr;
+    heap.free(x).unwrap();
+    heap.trim();
+    // SAFETY: a live block of 300 KiB.
+    unsafe { a.write_bytes(1, 300 << 10) };
+    heap.free(a).unwrap();
+    heap.check().unwrap();
+    // A block of the freed one's size goes where its pages are, not at
+    // the span's start (which would fault in 300 KiB afresh).
+    let b = heap.alloc(300 << 10);
+    assert_eq!(b.ptr, a);
+    assert!(!b.zeroed);
+    // A smaller one ends where the resident pages end.
+    heap.free(b.ptr).unwrap();
+    let c = heap.alloc(200 << 10);
+    assert_eq!(c.ptr, a.wrapping_add(100 << 10));
+    heap.check().unwrap();
+    for p in [c.ptr, guard] {
+        heap.free(p).unwrap();
+    }
+    heap.check().unwrap();
+}
+
+#[test]
+fn a_class_needing_a_pool_takes_another_classes_kept_one() {
+    use crate::geometry::POOL_SIZE;
+    use crate::size_class::class_of;
+    let mut heap = new_heap();
+    let pool_of = |p: *mut u8| p as usize & !(POOL_SIZE - 1);
+    // A pool of 64-byte blocks, written and emptied: kept, pages resident.
+    let blocks: Vec<_> = (0..100).map(|_| heap.alloc(64).ptr).collect();
+    let kept = pool_of(blocks[0]);
+    for p in &blocks {
+        heap.free(*p).unwrap();
+    }
+    assert!(!heap.kept_pool(class_of(64)).is_null());
+    // The arena still has pools never touched; another class of the tier
+    // takes the kept pool instead, whose pages are resident.
+    let b = heap.alloc(80).ptr;
+    assert_eq!(pool_of(b), kept, "the 80-byte class reuses the 64-byte class's pool");
+    assert!(heap.kept_pool(class_of(64)).is_null());
+    heap.check().unwrap();
+    // The 64-byte class, with nothing kept, gets a pool of its own again.
+    let c = heap.alloc(64).ptr;
+    assert_ne!(pool_of(c), kept);
+    heap.free(b).unwrap();
+    heap.free(c).unwrap();
+    heap.check().unwrap();
+    assert_only_kept_pools_held(&heap);
+}
+
+#[test]
 fn new_pools_come_from_the_most_used_arena() {
     use crate::geometry::{ARENA_SIZE, MAX_POOLS_PER_ARENA, POOL_SIZE};
     let mut heap = new_heap();
