@@ -29,9 +29,9 @@
 //!   block is made inaccessible at once, which catches reads too); a
 //!   block leaving the quarantine is checked for writes after free. A
 //!   second free of a block found in the quarantine is a double free. A
-//!   pool block the heap hands out again is checked too, if it still holds the
-//!   poisoned debug block it was (with no quarantine, that is where a
-//!   write after free shows).
+//!   pool block the heap hands out again is checked too, if it still
+//!   holds the poisoned debug block it was (with no quarantine, that is
+//!   where a write after free shows).
 //!
 //! Everything runs with the heap lock held (`locked` takes it), as the
 //! heap does; the quarantine is this layer's own, guarded by the same

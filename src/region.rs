@@ -14,11 +14,11 @@
 //! request takes the span that needs the fewest new pages, placed over
 //! its resident ones (`LargeBlock::placement`: its start, or where the
 //! resident pages end), so the footprint grows only when the holes
-//! cannot serve. Free
-//! spans unused for `PYMALLOC_DECAY_MS` give their pages back
-//! (`MADV_DONTNEED`), the oldest sooner when a request needs fresh pages
-//! while free spans hold more than their bound (`Large::hold_footprint`),
-//! and a region that is one free span is unmapped.
+//! cannot serve. Free spans unused for `PYMALLOC_DECAY_MS` give their
+//! pages back (`MADV_DONTNEED`), the oldest sooner when a request needs
+//! fresh pages while free spans hold more than their bound
+//! (`Large::hold_footprint`), and a region that is one free span is
+//! unmapped.
 //!
 //! Spans are described by `LargeBlock`s in the heap's slab, never by
 //! headers next to the pages, so an overflow cannot corrupt them. Each
