@@ -521,8 +521,9 @@ fn a_class_needing_a_pool_takes_another_classes_kept_one() {
     use crate::size_class::class_of;
     let mut heap = new_heap();
     let pool_of = |p: *mut u8| p as usize & !(POOL_SIZE - 1);
-    // A pool of 64-byte blocks, written and emptied: kept, pages resident.
-    let blocks: Vec<_> = (0..100).map(|_| heap.alloc(64).ptr).collect();
+    // Half a pool of 64-byte blocks, written and emptied: kept, pages
+    // resident.
+    let blocks: Vec<_> = (0..POOL_SIZE / 64 / 2).map(|_| heap.alloc(64).ptr).collect();
     let kept = pool_of(blocks[0]);
     for p in &blocks {
         heap.free(*p).unwrap();
