@@ -110,18 +110,17 @@ impl Regions {
     /// bin that holds a span needing no new pages.
     pub fn take(&mut self, len: usize) -> Option<*mut LargeBlock> {
         let mut bins = self.nonempty & !((1u32 << bin_of(len)) - 1);
-        let mut best: *mut LargeBlock = ptr::null_mut();
         let key = |s: &LargeBlock| (s.fresh_for(len), s.len, s.base as usize);
-        // SAFETY (both loops): binned spans are live descriptors linked
-        // only here.
-        while bins != 0 && unsafe { best.as_ref() }.is_none_or(|b| b.fresh_for(len) > 0) {
+        let (mut best, mut best_key) = (ptr::null_mut(), (usize::MAX, 0, 0));
+        while bins != 0 && best_key.0 > 0 {
             let bin = bins.trailing_zeros() as usize % BINS;
             bins &= bins - 1;
             let mut cur = self.bins[bin];
             for _ in 0..FIT_SCAN {
+                // SAFETY: binned spans are live descriptors linked only here.
                 let Some(span) = (unsafe { cur.as_ref() }) else { break };
-                if span.len >= len && unsafe { best.as_ref() }.is_none_or(|b| key(span) < key(b)) {
-                    best = cur;
+                if span.len >= len && key(span) < best_key {
+                    (best, best_key) = (cur, key(span));
                 }
                 cur = span.next;
             }
