@@ -652,21 +652,7 @@ impl Heap {
         let resident_free = unsafe { self.tier_mut(tier).usable.as_ref() }
             .is_some_and(|arena| unsafe { arena.freepools.as_ref() }.is_some_and(|pool| pool.dirty_end != 0));
         let unkept = if resident_free { None } else { self.unkeep_other(class, tier) };
-        let pool = match unkept {
-            Some(pool) => pool,
-            None => match self.tier_mut(tier).take_pool() {
-                Some(pool) => pool,
-                None => {
-                    if !self.add_arena(tier) {
-                        return ptr::null_mut();
-                    }
-                    match self.tier_mut(tier).take_pool() {
-                        Some(pool) => pool,
-                        None => return ptr::null_mut(),
-                    }
-                }
-            },
-        };
+        let Some(pool) = unkept.or_else(|| self.arena_pool(tier)) else { return ptr::null_mut() };
         // SAFETY: both sources give a live, empty pool of a live arena, on
         // no used list.
         let pool = unsafe { &mut *pool };
@@ -676,19 +662,26 @@ impl Heap {
         pool
     }
 
+    /// A free pool of `tier`'s most used arena, or of a new arena; None
+    /// when out of memory.
+    fn arena_pool(&mut self, tier: usize) -> Option<*mut Pool> {
+        self.tier_mut(tier).take_pool().or_else(|| {
+            self.add_arena(tier).then(|| self.tier_mut(tier).take_pool()).flatten()
+        })
+    }
+
     /// Takes the empty kept pool of another class of `tier` with the most
     /// resident bytes off its used list, unkept; None if there is none.
     fn unkeep_other(&mut self, class: usize, tier: usize) -> Option<*mut Pool> {
-        let mut best: Option<usize> = None;
+        let mut best: Option<(usize, u32)> = None;
         for other in (0..NUM_CLASSES).filter(|&c| c != class && class_info(c).tier as usize == tier) {
             // SAFETY: kept pools are live pools of their class (`pool_emptied`).
             let Some(pool) = (unsafe { self.kept[other].as_ref() }) else { continue };
-            // SAFETY: as above.
-            if pool.ref_count.get() == 0 && best.is_none_or(|b| unsafe { (*self.kept[b]).dirty_end } < pool.dirty_end) {
-                best = Some(other);
+            if pool.ref_count.get() == 0 && best.is_none_or(|(_, dirty)| dirty < pool.dirty_end) {
+                best = Some((other, pool.dirty_end));
             }
         }
-        let pool = core::mem::replace(&mut self.kept[best?], ptr::null_mut());
+        let pool = core::mem::replace(&mut self.kept[best?.0], ptr::null_mut());
         // SAFETY: as above: a live pool on its class's used list.
         self.unlink_used(unsafe { &mut *pool });
         Some(pool)

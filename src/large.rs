@@ -254,32 +254,20 @@ impl Large {
         s.free = false;
         let at = s.placement(len);
         if at > 0 {
-            let block = self.records.alloc();
-            if !block.is_null() {
-                // SAFETY: the slot is ours; `at..at + len` is inside the
-                // span, whose pages before it stay a free span in its place.
-                unsafe {
-                    block.write(LargeBlock::span(s.base.add(at), s.len - at, s.dirty.after(at), s.freed_at));
-                    (*block).free = false;
-                    s.dirty = s.dirty.before(at);
-                    self.split_off(s, &mut *block);
-                    s.free = true;
-                    self.release_span(s);
-                    s = &mut *block;
-                }
+            // SAFETY: a descriptor just made, ours alone.
+            if let Some(block) = unsafe { self.cut(s, at).as_mut() } {
+                // The block is the part from `at`; the pages before it
+                // stay a free span in its place.
+                block.free = false;
+                s.free = true;
+                self.release_span(s);
+                s = block;
             }
         }
         if s.len > len {
-            let rest = self.records.alloc();
-            if !rest.is_null() {
-                // SAFETY: the slot is ours; `len` is inside the span, and
-                // the rest joins the span's place in the region's tiling
-                // (merged with its right neighbour if it now can be).
-                unsafe {
-                    rest.write(LargeBlock::span(s.base.add(len), s.len - len, s.dirty.after(len), s.freed_at));
-                    self.split_off(s, &mut *rest);
-                    self.release_span(&mut *rest);
-                }
+            // SAFETY: as above.
+            if let Some(rest) = unsafe { self.cut(s, len).as_mut() } {
+                self.release_span(rest); // merged with its right neighbour if it now can be
             }
         }
         let fresh = s.len - s.dirty.within(s.len);
@@ -347,6 +335,23 @@ impl Large {
         self.regions.regions += 1;
         self.regions.region_bytes += size;
         Ok(Some(span))
+    }
+
+    /// Cuts span `s` at `at` (whole pages, inside it): a new free span
+    /// for `at..`, `s`'s right neighbour in the region's tiling, each
+    /// keeping its own part of the dirty bytes. Null (nothing changed)
+    /// when there is no descriptor for it.
+    fn cut(&mut self, s: &mut LargeBlock, at: usize) -> *mut LargeBlock {
+        let rest = self.records.alloc();
+        if !rest.is_null() {
+            // SAFETY: the slot is ours; `at` is inside the span.
+            unsafe {
+                rest.write(LargeBlock::span(s.base.add(at), s.len - at, s.dirty.after(at), s.freed_at));
+                self.split_off(s, &mut *rest);
+            }
+            s.dirty = s.dirty.before(at);
+        }
+        rest
     }
 
     /// Makes `rest` (the pages right after `s.len`, up to the old end of
