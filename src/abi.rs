@@ -13,14 +13,13 @@ use crate::fault::{self, Fault, fatal};
 use crate::debug_mode::{self, Quarantine};
 use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
 use crate::heap::{Block, HEAP, Heap, HeapGuard, PoolBlock, Resize, sized_fits_class, stays_in_place};
-use crate::size_class::{self, class_of};
+use crate::size_class::{self, CACHE_MAX, class_of};
 use crate::os::set_errno;
 use crate::report;
 use crate::print::{ChunkWriter, write_fd};
 use crate::stats::{Snapshot, Totals};
 use crate::front;
 use crate::lock::single_threaded;
-use crate::thread_cache::CACHE_MAX;
 
 /// Whether the debug mode (`debug_mode`) is on; resolves the options on
 /// the first call, so the mode is fixed before the first block is served.

@@ -47,13 +47,14 @@ use core::ptr;
 use core::sync::atomic::{AtomicU32, Ordering::Relaxed};
 
 use crate::config;
+use crate::depot;
 use crate::fault::Fault;
 use crate::heap::{HEAP, Heap};
 use crate::lock::{barrier_all_threads, single_threaded, thread_pointer};
 use crate::purge;
-use crate::size_class::NUM_CLASSES;
+use crate::size_class::CACHED_CLASSES;
 use crate::slab::Slab;
-use crate::thread_cache::{CACHED_CLASSES, ThreadCache};
+use crate::thread_cache::ThreadCache;
 use crate::tls;
 
 /// Thread states stored in the TLS slot in place of a cache pointer.
@@ -420,6 +421,9 @@ fn in_some_cache(heap: &Heap, p: *mut u8, class: usize) -> bool {
     if !me.is_null() && unsafe { (*me).cache.contains(heap, p, class) } {
         return true;
     }
+    if depot::contains(heap, p, class) {
+        return true;
+    }
     // SAFETY: the heap lock is held (the heap asks with it held).
     let registry = unsafe { Registry::get(heap) };
     registry.stop_others();
@@ -434,15 +438,18 @@ fn in_some_cache(heap: &Heap, p: *mut u8, class: usize) -> bool {
 /// The cache's tick (see `thread_cache`): once per decay period, gives
 /// back the caches of threads that are gone, and of those whose activity
 /// has not changed since the last look (they stopped calling: what they
-/// hold would pin their pools for good).
-fn on_tick(heap: &mut Heap, now: u64) {
+/// hold would pin their pools for good), and the depot's lists parked
+/// for a decay period; a corrupted parked list is the fault returned.
+fn on_tick(heap: &mut Heap, now: u64) -> Result<(), Fault> {
     // SAFETY: the heap lock is held (the cache ticks with it held).
     let registry = unsafe { Registry::get(heap) };
-    if now.saturating_sub(registry.looked_at) < config::get().decay_ms as u64 {
-        return;
+    let decay_ms = config::get().decay_ms as u64;
+    if now.saturating_sub(registry.looked_at) < decay_ms {
+        return Ok(());
     }
     registry.looked_at = now;
     registry.reclaim_dead(heap);
+    let result = depot::expire(heap, now.saturating_sub(decay_ms));
     let me = mine();
     let mut idle = false;
     registry.for_each(|_, r| {
@@ -467,14 +474,16 @@ fn on_tick(heap: &mut Heap, now: u64) {
             }
         });
     }
+    result
 }
 
-/// `malloc_trim`: gives back the calling thread's cache, the caches of
-/// threads that are gone, and every other cache it can stop.
+/// `malloc_trim`: gives back the calling thread's cache, the depot, the
+/// caches of threads that are gone, and every other cache it can stop.
 pub fn trim_all(heap: &mut Heap) -> Result<(), Fault> {
     let me = mine();
     // SAFETY: this thread's live record.
     let result = if me.is_null() { Ok(()) } else { unsafe { (*me).cache.flush_all(heap) } };
+    let result = result.and(depot::expire(heap, u64::MAX));
     // SAFETY: the heap lock is held (the caller's heap is behind it).
     let registry = unsafe { Registry::get(heap) };
     registry.reclaim_dead(heap);
@@ -516,9 +525,9 @@ pub fn reclaim_after_fork(heap: &mut Heap) {
     });
 }
 
-/// What all caches hold, for statistics: blocks per class, their bytes,
-/// and the number of caches. Read without their owners' cooperation, so
-/// only approximately consistent while threads run.
+/// What all caches and the depot hold, for statistics: blocks per class,
+/// their bytes, and the number of caches. Read without the caches'
+/// owners' cooperation, so only approximately consistent while threads run.
 pub struct Holdings {
     pub blocks: [usize; CACHED_CLASSES],
     pub bytes: usize,
@@ -538,18 +547,20 @@ pub fn holdings(heap: &Heap) -> Holdings {
         h.bytes += cache.bytes();
         h.threads += 1;
     });
+    h.bytes += depot::holdings(heap, &mut h.blocks);
     h
 }
 
 /// `pymalloc_check_heap`: the calling thread's cache (see
-/// `ThreadCache::check`).
+/// `ThreadCache::check`) and the depot.
 pub fn check_current(heap: &Heap) -> Result<(), &'static str> {
     let me = mine();
-    // SAFETY: this thread's live record, not in use during this call.
-    if me.is_null() { Ok(()) } else { unsafe { (*me).cache.check(heap) } }
+    if !me.is_null() {
+        // SAFETY: this thread's live record, not in use during this call.
+        unsafe { (*me).cache.check(heap) }?;
+    }
+    depot::check(heap)
 }
-
-const _: () = assert!(CACHED_CLASSES <= NUM_CLASSES);
 
 #[cfg(test)]
 mod tests {

@@ -471,6 +471,11 @@ impl Heap {
         self.clock
     }
 
+    /// The clock (ms) at the last tick.
+    pub fn clock(&self) -> u64 {
+        self.clock
+    }
+
     /// Reads the clock for the first time, before anything is freed: a
     /// stamp of 0 would read as freed long ago, released at the first
     /// tick whatever `PYMALLOC_DECAY_MS` says.

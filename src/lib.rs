@@ -176,6 +176,7 @@ mod stats;
 #[cfg_attr(test, allow(dead_code))] // its TLS slot is used only by the exports
 mod front;
 mod thread_cache;
+mod depot;
 mod debug_mode;
 
 // The heap: one lock, dispatch by size, the per-class pool lists.

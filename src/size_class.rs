@@ -19,6 +19,14 @@ pub const SMALL_CLASSES: usize = SMALL_MAX / 16;
 pub const MEDIUM_CLASSES: usize = 4 * (MEDIUM_MAX.trailing_zeros() - SMALL_MAX.trailing_zeros()) as usize;
 pub const NUM_CLASSES: usize = SMALL_CLASSES + MEDIUM_CLASSES;
 
+/// Largest request served by the thread caches (`thread_cache`); bigger
+/// ones go to the heap.
+pub const CACHE_MAX: usize = 16 << 10;
+/// Classes the thread caches (and the depot between them) serve: every
+/// class up to `CACHE_MAX`.
+pub const CACHED_CLASSES: usize = class_of(CACHE_MAX) + 1;
+const _: () = assert!(CACHED_CLASSES <= NUM_CLASSES);
+
 /// Everything the heap needs to know about one class, precomputed.
 #[derive(Clone, Copy)]
 pub struct ClassInfo {

@@ -71,19 +71,16 @@ use core::ptr;
 use core::sync::atomic::{AtomicBool, AtomicPtr, AtomicU32, AtomicU64, AtomicUsize, Ordering, compiler_fence};
 
 use crate::config;
+use crate::depot;
 use crate::fault::Fault;
 use crate::geometry::MIN_ALIGN;
 use crate::hardening::Secret;
 use crate::heap::{HEAP, Heap};
 use crate::purge::TICK_FREES;
-use crate::size_class::{NUM_CLASSES, class_info, class_of};
+use crate::size_class::{CACHED_CLASSES, class_info};
 
 use Ordering::{Acquire, Relaxed, Release};
 
-/// Largest request served by the caches; bigger ones go to the heap.
-pub const CACHE_MAX: usize = 16 << 10;
-/// Classes with a bin: every class up to `CACHE_MAX`.
-pub const CACHED_CLASSES: usize = class_of(CACHE_MAX) + 1;
 /// Bytes a bin may hold at first (within 4..=128 blocks).
 const BIN_BYTES: usize = 32 << 10;
 const BIN_MIN: u32 = 4;
@@ -94,16 +91,15 @@ const BIN_MAX: u32 = 128;
 const GROWN_BYTES: usize = 128 << 10;
 const GROWN_MAX: u32 = 1024;
 
-const _: () = assert!(CACHED_CLASSES <= NUM_CLASSES);
-
 /// Pause loops, then yields, that a thread stopping a cache waits for
 /// its owner to leave an operation before leaving that cache alone.
 const SPINS: u32 = 1 << 12;
 const YIELDS: u32 = 16;
 
 /// What a cache's owner asks the registry (`front`) to do on each of its
-/// clock ticks, with the heap lock held and the clock just read.
-pub type OnTick = fn(&mut Heap, u64);
+/// clock ticks, with the heap lock held and the clock just read; a fault
+/// it finds is reported by the `free` that ticked.
+pub type OnTick = fn(&mut Heap, u64) -> Result<(), Fault>;
 
 /// One class's cached blocks: a singly linked, mangled list. `head` and
 /// `count` are atomics because another lock holder may read and change
@@ -324,10 +320,20 @@ impl ThreadCache {
         if !cached.is_null() {
             return cached;
         }
-        let size = self.bin(class).size as usize;
+        let bin = self.bin(class);
+        let size = bin.size as usize;
+        if let Some((head, count)) = depot::take(&heap, class, self.limit.saturating_sub(self.bytes.load(Relaxed))) {
+            // A whole parked list becomes the bin (it is empty): no block
+            // is looked at but the one popped.
+            bin.head.store(head, Relaxed);
+            bin.count.store(count, Relaxed);
+            bin.max.store(bin.max().max(count), Relaxed);
+            self.bytes.store(self.bytes.load(Relaxed) + count as usize * size, Relaxed);
+            return self.pop(class, function);
+        }
         // The block returned is not cached, so at least that one.
         let room = self.limit.saturating_sub(self.bytes.load(Relaxed)).checked_div(size).unwrap_or(0);
-        let want = (self.bin(class).max() / 2).min(room.min(GROWN_MAX as usize) as u32 + 1).max(1);
+        let want = (bin.max() / 2).min(room.min(GROWN_MAX as usize) as u32 + 1).max(1);
         let mut first: *mut u8 = ptr::null_mut();
         for _ in 0..want {
             let block = heap.alloc_class(class);
@@ -373,7 +379,7 @@ impl ThreadCache {
                 self.scavenged_at.store(now, Relaxed);
                 result = result.and(self.flush_all(&mut heap));
             }
-            (self.on_tick)(&mut heap, now);
+            result = result.and((self.on_tick)(&mut heap, now));
         } else {
             self.ticks.store(ticks - 1, Relaxed);
         }
@@ -385,6 +391,12 @@ impl ThreadCache {
         if count >= max {
             if max < bin.grown {
                 bin.max.store((max * 2).min(bin.grown), Relaxed);
+            } else if depot::park(&heap, class, bin.head.load(Relaxed), count) {
+                // The whole bin, as it is, for whichever thread next finds
+                // its bin of the class empty.
+                bin.head.store(ptr::null_mut(), Relaxed);
+                bin.count.store(0, Relaxed);
+                self.bytes.store(self.bytes.load(Relaxed) - count as usize * bin.size as usize, Relaxed);
             } else {
                 result = result.and(self.flush(&mut heap, class, count - max / 2));
             }
@@ -566,6 +578,7 @@ fn corrupted(block: *mut u8, size: u32, function: &str) -> ! {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::size_class::{CACHE_MAX, class_of};
     use std::collections::HashSet;
 
     use std::sync::Mutex;
@@ -580,16 +593,17 @@ mod tests {
         let me = std::thread::current().id();
         // SAFETY: registered test caches live until the process ends
         // (leaked); the calling thread is their only user.
-        CACHES.lock().unwrap().iter().any(|&(thread, c)| {
-            thread == me && unsafe { (*(c as *const ThreadCache)).contains(heap, p, class) }
-        })
+        depot::contains(heap, p, class)
+            || CACHES.lock().unwrap().iter().any(|&(thread, c)| {
+                thread == me && unsafe { (*(c as *const ThreadCache)).contains(heap, p, class) }
+            })
     }
 
     fn new_cache(limit: usize) -> &'static ThreadCache {
         let mut heap = HEAP.lock();
         heap.ensure_secret();
         heap.set_cache_search(search);
-        let cache = Box::leak(Box::new(ThreadCache::new(heap.secret(), limit, 0, |_, _| {})));
+        let cache = Box::leak(Box::new(ThreadCache::new(heap.secret(), limit, 0, |_, _| Ok(()))));
         CACHES.lock().unwrap().push((std::thread::current().id(), cache as *const ThreadCache as usize));
         cache
     }
@@ -724,6 +738,72 @@ mod tests {
         cache.flush_all(&mut heap).unwrap();
         assert_eq!(bin.max(), bin.initial);
         heap.check().unwrap();
+    }
+
+    /// A bin full at its grown bound goes to the depot whole, and another
+    /// cache's empty bin of the class takes it back whole: the blocks
+    /// pass from thread to thread without going through their pools. A
+    /// parked block freed again is a double free.
+    #[test]
+    #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+    fn full_bins_park_whole_and_refill_another_cache() {
+        let (a, b) = (new_cache(256 << 10), new_cache(256 << 10));
+        let class = class_of(2000);
+        let grown = a.bin(class).grown as usize;
+        let blocks: Vec<_> = (0..2 * grown + 1).map(|_| a.alloc(class, "malloc")).collect();
+        a.flush_all(&mut HEAP.lock()).unwrap(); // what the refills left in the bin
+        for &p in &blocks {
+            assert!(a.free(p));
+        }
+        assert_eq!(a.blocks(class), 1, "two full bins parked, the last block cached");
+        let (cached, parked) = (blocks[2 * grown], blocks[0]);
+        let size = class_info(class).size as usize;
+        assert_eq!(HEAP.lock().free(parked), Err(Fault::Freed { class_size: size }));
+        let taken: Vec<_> = (0..grown).map(|_| b.alloc(class, "malloc")).collect();
+        assert!(taken.iter().all(|p| blocks[grown..2 * grown].contains(p)), "b took the list parked last");
+        assert_eq!(b.blocks(class), 0);
+        {
+            let heap = HEAP.lock();
+            a.check(&heap).unwrap();
+            b.check(&heap).unwrap();
+            depot::check(&heap).unwrap();
+            heap.check().unwrap();
+        }
+        assert!(a.contains(&HEAP.lock(), cached, class));
+        for p in taken {
+            assert!(b.free(p));
+        }
+        let mut heap = HEAP.lock();
+        a.flush_all(&mut heap).unwrap();
+        b.flush_all(&mut heap).unwrap();
+        depot::expire(&mut heap, u64::MAX).unwrap();
+        heap.check().unwrap();
+    }
+
+    /// A parked list whose link was overwritten (a write after free) is
+    /// found by the heap check and reported when it goes back to its
+    /// pools.
+    #[test]
+    #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+    fn overwritten_parked_links_are_reported() {
+        let cache = new_cache(256 << 10);
+        let class = class_of(4000);
+        let grown = cache.bin(class).grown as usize;
+        let blocks: Vec<_> = (0..grown + 1).map(|_| cache.alloc(class, "malloc")).collect();
+        cache.flush_all(&mut HEAP.lock()).unwrap(); // what the refills left in the bin
+        for &p in &blocks {
+            assert!(cache.free(p));
+        }
+        assert_eq!(cache.blocks(class), 1, "a full bin parked");
+        let mut heap = HEAP.lock();
+        let victim = blocks[grown / 2];
+        // SAFETY: a parked block of 4 KiB: the write after free under test.
+        unsafe { victim.cast::<usize>().write(0x1234_5670) };
+        assert!(depot::check(&heap).is_err());
+        let size = class_info(class).size as usize;
+        assert_eq!(depot::expire(&mut heap, u64::MAX), Err(Fault::CorruptFreeList { at: victim, class_size: size }));
+        depot::check(&heap).unwrap();
+        cache.flush_all(&mut heap).unwrap();
     }
 
     /// Over its byte limit a cache gives back from its biggest bins, not

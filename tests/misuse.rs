@@ -76,6 +76,8 @@ tests_in_configs! {
     double_free_medium => "double-free-medium";
     double_free_other_thread_small => "double-free-other-thread-small";
     double_free_other_thread_medium => "double-free-other-thread-medium";
+    double_free_parked_small => "double-free-parked-small";
+    double_free_parked_medium => "double-free-parked-medium";
     double_free_large => "double-free-large";
     double_free_large_unmapped => "double-free-large-unmapped";
     double_free_last_in_pool => "double-free-last-in-pool";

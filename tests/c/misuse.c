@@ -94,6 +94,22 @@ static void double_free_other_thread(size_t n) {
     free(p);
 }
 
+/* A block freed in a burst longer than a thread cache's bin, so that
+   its bin went to the depot whole, then freed again. */
+static void *nothing(void *arg) { return arg; }
+static void double_free_parked(size_t n) {
+    enum { BURST = 4096 };
+    static void *blocks[BURST];
+    pthread_t t; /* the thread caches are on once a thread has run */
+    CHECK(pthread_create(&t, NULL, nothing, NULL) == 0 && pthread_join(t, NULL) == 0, "thread");
+    for (int i = 0; i < BURST; i++)
+        CHECK((blocks[i] = malloc(opaque(n))) != NULL, "malloc");
+    for (int i = 0; i < BURST; i++)
+        free(blocks[i]);
+    expect("free(): double free of %p, %s", blocks[0], class_of(n));
+    free(blocks[0]);
+}
+
 /* Debug mode: a write after free shows when the quarantine lets go. */
 static void expect_write_after_free(void *block, size_t n, const void *bytes) {
     expect("malloc_trim(): write after free in block %p of %zu bytes: at offset 0: %s", block, n,
@@ -185,6 +201,10 @@ int main(int argc, char **argv) {
         double_free_other_thread(48);
     } else if (!strcmp(c, "double-free-other-thread-medium")) {
         double_free_other_thread(3000);
+    } else if (!strcmp(c, "double-free-parked-small")) {
+        double_free_parked(48);
+    } else if (!strcmp(c, "double-free-parked-medium")) {
+        double_free_parked(3000);
     } else if (!strcmp(c, "double-free-medium")) {
         double_free(3000);
     } else if (!strcmp(c, "double-free-large")) {
