@@ -30,7 +30,7 @@ use core::ptr;
 
 use crate::config;
 use crate::fault::Fault;
-use crate::heap::Heap;
+use crate::heap::{HEAP, Heap};
 use crate::size_class::{CACHED_CLASSES, size_of};
 
 /// Lists parked at most per class.
@@ -75,13 +75,15 @@ unsafe impl Sync for DepotCell {}
 static DEPOT: DepotCell =
     DepotCell(UnsafeCell::new(Depot { shelves: [Shelf { lists: [EMPTY; SLOTS], used: 0 }; CACHED_CLASSES], bytes: 0 }));
 
-/// The depot, for the holder of the heap lock (`_locked` is its guard's
-/// heap); the result must be dropped before the lock is released.
+/// The depot, for the holder of the heap lock (`locked` is its guard's
+/// heap); the result must be dropped before the lock is released. It
+/// belongs to `HEAP`: a heap of the tests' own (the model tests make
+/// theirs) has none.
 #[allow(clippy::mut_from_ref)]
-fn get(_locked: &Heap) -> &'static mut Depot {
+fn get(locked: &Heap) -> Option<&'static mut Depot> {
     // SAFETY: the heap lock serialises every use, and no caller keeps the
     // reference past its own call (so no two are alive at once).
-    unsafe { &mut *DEPOT.0.get() }
+    ptr::eq(locked, HEAP.data_ptr()).then(|| unsafe { &mut *DEPOT.0.get() })
 }
 
 /// Parks the `count` blocks of `class` listed from `head` (a bin's whole
@@ -89,7 +91,7 @@ fn get(_locked: &Heap) -> &'static mut Depot {
 /// depot has no room for them.
 pub fn park(heap: &Heap, class: usize, head: *mut u8, count: u32) -> bool {
     let at = heap.clock();
-    let depot = get(heap);
+    let Some(depot) = get(heap) else { return false };
     let bytes = count as usize * size_of(class);
     let limit = config::get().thread_cache.saturating_mul(LIMIT_FACTOR);
     let Some(shelf) = depot.shelves.get_mut(class) else { return false };
@@ -107,7 +109,7 @@ pub fn park(heap: &Heap, class: usize, head: *mut u8, count: u32) -> bool {
 /// be in the CPU's caches) if it holds at most `room` bytes: its head and
 /// count, for the caller's empty bin.
 pub fn take(heap: &Heap, class: usize, room: usize) -> Option<(*mut u8, u32)> {
-    let depot = get(heap);
+    let depot = get(heap)?;
     let shelf = depot.shelves.get_mut(class)?;
     let last = *shelf.parked().last()?;
     let bytes = last.count as usize * size_of(class);
@@ -155,7 +157,7 @@ pub fn expire(heap: &mut Heap, cutoff: u64) -> Result<(), Fault> {
 /// Takes out the oldest list of `class` if it was parked at or before
 /// `cutoff`.
 fn unpark_oldest(heap: &Heap, class: usize, cutoff: u64) -> Option<Parked> {
-    let depot = get(heap);
+    let depot = get(heap)?;
     let shelf = depot.shelves.get_mut(class)?;
     let oldest = *shelf.parked().first()?;
     if oldest.at > cutoff {
@@ -172,7 +174,7 @@ fn unpark_oldest(heap: &Heap, class: usize, cutoff: u64) -> Option<Parked> {
 /// blocks of the class that the heap counts as handed out.
 pub fn contains(heap: &Heap, p: *mut u8, class: usize) -> bool {
     let secret = heap.secret();
-    let Some(shelf) = get(heap).shelves.get(class) else { return false };
+    let Some(shelf) = get(heap).and_then(|depot| depot.shelves.get(class)) else { return false };
     shelf.parked().iter().any(|list| {
         let mut block = list.head;
         for _ in 0..list.count {
@@ -191,7 +193,7 @@ pub fn contains(heap: &Heap, p: *mut u8, class: usize) -> bool {
 
 /// Adds the blocks parked per class to `blocks`; returns their bytes.
 pub fn holdings(heap: &Heap, blocks: &mut [usize; CACHED_CLASSES]) -> usize {
-    let depot = get(heap);
+    let Some(depot) = get(heap) else { return 0 };
     for (total, shelf) in blocks.iter_mut().zip(&depot.shelves) {
         *total += shelf.parked().iter().map(|list| list.count as usize).sum::<usize>();
     }
@@ -203,7 +205,7 @@ pub fn holdings(heap: &Heap, blocks: &mut [usize; CACHED_CLASSES]) -> usize {
 /// there; the byte count is theirs.
 pub fn check(heap: &Heap) -> Result<(), &'static str> {
     let secret = heap.secret();
-    let depot = get(heap);
+    let Some(depot) = get(heap) else { return Ok(()) };
     let mut bytes = 0;
     for (class, shelf) in depot.shelves.iter().enumerate() {
         for list in shelf.parked() {

@@ -8,6 +8,7 @@
 //!   (bins, no lock)│    (bins, no lock)│     (`thread_cache`): pop / push,
 //!                  ▼                   ▼     batches to and from the heap
 //!  ═══════════════ the heap, behind ONE lock (`heap::HEAP`) ═══════════════
+//!  depot: whole bins parked by one cache, taken whole by another (`depot`)
 //!  OS (mmap) ──► arena: ARENA_SIZE bytes, aligned to ARENA_SIZE
 //!                ┌──────────┬──────────┬──────────┬─────┬──────────┐
 //!                │  pool 0  │  pool 1  │  pool 2  │ ... │ pool n-1 │  pools of one tier
@@ -50,8 +51,9 @@
 //!  front    fork, report,       fork handlers; statistics reports and
 //!           stats, front,       snapshots; which thread has which cache
 //!           thread_cache,       and their registry; one thread's cache;
+//!           depot,              whole bins parked between the caches;
 //!           debug_mode          the debug mode's guard bytes and its own
-//!                               quarantine (guarded by the heap lock)
+//!                               quarantine (both guarded by the heap lock)
 //!  heap     check, heap         the one lock (HEAP); dispatch by size;
 //!                               the per-class pool lists; the clock;
 //!                               releasing reserves when the OS refuses;
@@ -126,7 +128,8 @@
 //! Each thread's cache (`thread_cache`, reached through one initial-exec
 //! TLS word, `front`) serves `malloc` and `free` of blocks up to 16 KiB
 //! without any lock or atomic read-modify-write; it takes the heap lock
-//! once per batch (an empty bin refills, a full one flushes half). Its
+//! once per batch (an empty bin takes a list parked in the `depot` or
+//! refills from the pools; a full one is parked whole or flushes half). Its
 //! `free` checks the pointer against the arena map and the pool header
 //! without the lock: the fields read either stay fixed while the block is
 //! live or are atomics written under the lock (`pool::Shared`). A thread

@@ -5,10 +5,13 @@
 //!
 //! ```text
 //!  malloc(n), n <= CACHE_MAX ──► bin[class]: pop ──► block
-//!                                    │ empty: one lock, take a batch ─► heap
+//!                                    │ empty: one lock, take a parked list
+//!                                    │ (`depot`), else a batch ─► heap
 //!  free(p), p a pool block   ──► bin[class]: push
-//!                                    │ full (or over the byte limit, or
-//!                                    │ a tick due): one lock, give a batch back ─► heap
+//!                                    │ full: one lock, park the bin whole,
+//!                                    │ else give half back ─► heap
+//!                                    │ (over the byte limit, or a tick
+//!                                    │ due: one lock, give back ─► heap)
 //! ```
 //!
 //! The heap stays the single source of truth: a cached block is a block
@@ -38,7 +41,10 @@
 //! overflows doubles its bound instead, up to `GROWN_BYTES` worth (at
 //! most `GROWN_MAX` blocks), so that a burst of frees followed by one of
 //! mallocs of the same class (Python freeing a list of objects, then
-//! building the next) stays in the cache; bounds start again from the
+//! building the next) stays in the cache; one that overflows at that
+//! bound is parked whole in the `depot`, where an empty bin of the class
+//! takes it back whole, before either falls back to flushing half a bin
+//! or refilling block by block; bounds start again from the
 //! initial ones whenever the whole cache is given back. A thread over its
 //! byte limit gives back half of its biggest bins, the one it frees to
 //! last, until it holds half the limit. Every `TICK_FREES` frees the
