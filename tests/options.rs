@@ -101,7 +101,8 @@ fn options_are_read_before_libc_is_initialised() {
 }
 
 /// `malloc_trim`, `PYMALLOC_DECAY_MS` and `PYMALLOC_LARGE_CACHE` in a real
-/// process (`tests/c/memory_return.c` checks the statistics).
+/// process, for the heap, large blocks and the depot
+/// (`tests/c/memory_return.c` checks the statistics).
 #[test]
 fn memory_goes_back_to_the_os_as_the_options_say() {
     let exe = compile_c("memory_return", Config::Linked);
@@ -116,6 +117,9 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
         (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "0")]),
         (&["cache", "1"], &[("PYMALLOC_LARGE_CACHE", "40M")]),
         (&["cache", "0"], &[("PYMALLOC_LARGE_CACHE", "39M")]),
+        (&["depot", "trim"], &[]),
+        (&["depot", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
+        (&["depot", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
     ];
     for (args, vars) in cases {
         let what = format!("memory_return {} {vars:?}", args.join(" "));

@@ -10,9 +10,17 @@
      memory_return cache N         after freeing six 8 MiB blocks (mappings
                                    of their own), N are cached: twice the
                                    largest freed, at most
-                                   PYMALLOC_LARGE_CACHE. */
+                                   PYMALLOC_LARGE_CACHE;
+     memory_return depot trim|released|kept
+                                   with a thread started (so that the
+                                   thread caches are on), a burst of frees
+                                   longer than a cache parks whole bins in
+                                   the depot; malloc_trim gives them back,
+                                   and so does the decay ("released": a
+                                   short delay) or not ("kept"). */
 #include "check.h"
 
+#include <pthread.h>
 #include <time.h>
 
 #include "pymalloc.h"
@@ -39,6 +47,18 @@ static void churn_small(void) {
     for (int i = 0; i < SMALL; i++) free(p[i]);
 }
 
+static void *nothing(void *arg) { return arg; }
+
+/* Frees through the calling thread's cache, of another class than
+   churn_small's, enough for its clock to tick. */
+static void tick_cache(void) {
+    for (int i = 0; i < 20000; i++) {
+        void *p = malloc(opaque(200));
+        CHECK(p != NULL, "malloc(200) failed");
+        free(p);
+    }
+}
+
 static void churn_large(size_t size) {
     void *p[LARGE];
     for (int i = 0; i < LARGE; i++) {
@@ -50,7 +70,7 @@ static void churn_large(size_t size) {
 }
 
 int main(int argc, char **argv) {
-    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N");
+    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept");
     if (strcmp(argv[1], "trim") == 0) {
         churn_small();
         churn_large(LARGE_SIZE);
@@ -101,6 +121,33 @@ int main(int argc, char **argv) {
         pymalloc_stats s = get();
         CHECK(s.cached_mappings == want, "%zu mappings cached, want %zu", s.cached_mappings, want);
         CHECK(s.cached_bytes == want * MAPPING_SIZE, "%zu bytes cached, want %zu", s.cached_bytes, want * MAPPING_SIZE);
+    } else if (strcmp(argv[1], "depot") == 0 && argc == 3) {
+        pthread_t t;
+        CHECK(pthread_create(&t, NULL, nothing, NULL) == 0 && pthread_join(t, NULL) == 0, "thread");
+        churn_small();
+        pymalloc_stats before = get();
+        /* 1.28 MB of 64-byte blocks: more than a cache holds (512 KiB). */
+        CHECK(before.thread_cache_bytes > (512 << 10), "%zu bytes in thread caches and the depot after the burst",
+              before.thread_cache_bytes);
+        if (strcmp(argv[2], "trim") == 0) {
+            CHECK(malloc_trim(0) == 1, "malloc_trim found nothing to release");
+            pymalloc_stats after = get();
+            CHECK(after.thread_cache_bytes == 0, "%zu bytes in thread caches and the depot after malloc_trim",
+                  after.thread_cache_bytes);
+        } else {
+            int expect_released = strcmp(argv[2], "released") == 0;
+            struct timespec pause = {0, 300 * 1000 * 1000};
+            nanosleep(&pause, NULL);
+            tick_cache();
+            pymalloc_stats after = get();
+            if (expect_released)
+                CHECK(after.thread_cache_bytes < (64 << 10), "after the decay delay: %zu bytes in thread caches and the depot",
+                      after.thread_cache_bytes);
+            else
+                CHECK(after.thread_cache_bytes >= before.thread_cache_bytes,
+                      "before the decay delay: %zu bytes in thread caches and the depot, %zu after the burst",
+                      after.thread_cache_bytes, before.thread_cache_bytes);
+        }
     } else {
         CHECK(0, "unknown mode %s", argv[1]);
     }
