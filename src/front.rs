@@ -84,8 +84,7 @@ pub fn current() -> Option<&'static ThreadCache> {
     if single_threaded() {
         return None;
     }
-    // SAFETY: the slot is this thread's own word, written only by it.
-    let value = unsafe { slot().read() };
+    let value = tls::read_cache_slot();
     if value > LAST_STATE {
         // SAFETY: a record in the slot is this thread's live record; its
         // cache is used only by this thread (and by others only through
@@ -100,16 +99,14 @@ pub fn current() -> Option<&'static ThreadCache> {
 /// (its slow path calls `current`, which does).
 #[inline(always)]
 pub fn made() -> Option<&'static ThreadCache> {
-    // SAFETY: as in `current`.
-    let value = unsafe { slot().read() };
+    let value = tls::read_cache_slot();
     // SAFETY: as in `current`.
     (value > LAST_STATE).then(|| unsafe { &(*(value as *const Record)).cache })
 }
 
 /// The calling thread's record, if it has a cache.
 fn mine() -> *mut Record {
-    // SAFETY: the slot is this thread's own word.
-    let value = unsafe { slot().read() };
+    let value = tls::read_cache_slot();
     if value > LAST_STATE { value as *mut Record } else { ptr::null_mut() }
 }
 
