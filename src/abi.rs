@@ -11,7 +11,7 @@ use core::ptr;
 use crate::config;
 use crate::fault::{self, Fault, fatal};
 use crate::debug_mode::{self, Quarantine};
-use crate::geometry::{MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
+use crate::geometry::{MIN_ALIGN, PAGE_SIZE, SMALL_MAX};
 use crate::heap::{Block, HEAP, Heap, HeapGuard, PoolBlock, Resize, sized_fits_class, stays_in_place};
 use crate::size_class::{self, CACHE_MAX, class_of};
 use crate::os::set_errno;
@@ -70,7 +70,7 @@ fn unlock_checked(mut heap: HeapGuard, block: Block, function: &str) -> Block {
 #[inline(always)]
 fn malloc_fast(n: usize, function: &str) -> *mut c_void {
     if single_threaded() {
-        if n <= MEDIUM_MAX && config::fast_paths() {
+        if n < config::fast_size_below() {
             // The lock is elided: `try_lock` cannot fail here.
             if let Some(mut heap) = HEAP.try_lock() {
                 let p = heap.alloc_fast(class_of(n));
@@ -99,7 +99,7 @@ fn malloc_contended(n: usize, function: &str) -> *mut c_void {
             return cache.alloc(class_of(n), function).cast();
         }
     }
-    if n <= MEDIUM_MAX && config::fast_paths() {
+    if n < config::fast_size_below() {
         if let Some(mut heap) = HEAP.try_lock() {
             let p = heap.alloc_fast(class_of(n));
             if !p.is_null() {
@@ -151,11 +151,11 @@ pub(crate) fn free_fast(p: *mut c_void, function: &str) {
         return;
     }
     if single_threaded() {
-        if config::fast_paths() {
-            if let Some(mut heap) = HEAP.try_lock() {
-                if heap.free_fast(p.cast()) {
-                    return;
-                }
+        // No test of `fast_paths`: without them the heap's clock counter
+        // stays at zero, and `free_fast` declines (see `Heap::tick`).
+        if let Some(mut heap) = HEAP.try_lock() {
+            if heap.free_fast(p.cast()) {
+                return;
             }
         }
         return release_general(p, function);

@@ -465,7 +465,10 @@ impl Heap {
     #[cold]
     #[inline(never)]
     pub fn tick(&mut self) -> u64 {
-        self.frees_to_tick = TICK_FREES;
+        // Without the fast paths (the debug mode, whose blocks are laid
+        // out otherwise) the counter stays at zero, so that `free_fast`
+        // declines every block and each free ticks.
+        self.frees_to_tick = if config::fast_paths() { TICK_FREES } else { 0 };
         self.clock = purge::now_ms();
         self.purge(self.clock.saturating_sub(config::get().decay_ms as u64));
         self.clock
