@@ -20,7 +20,7 @@ use crate::arena::{Arena, Arenas, Tier};
 use crate::arena_map::{ArenaMap, Owner};
 use crate::config;
 use crate::fault::Fault;
-use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT};
+use crate::geometry::{ARENA_SIZE, MEDIUM_MAX, MIN_ALIGN, PAGE_SIZE, POOL_SIZE, TIER_COUNT, tier_pool_size};
 use crate::hardening::Secret;
 use crate::large::{Large, NoSpace};
 pub use crate::large::Resize;
@@ -664,6 +664,13 @@ impl Heap {
         // SAFETY: both sources give a live, empty pool of a live arena, on
         // no used list.
         let pool = unsafe { &mut *pool };
+        // The pages the new pool will fault in: as many resident pages of
+        // free large spans go back first, so that the footprint of pools
+        // and regions together grows only when neither holds free pages
+        // (the peak of a program whose big buffers die young, as at
+        // python3's start-up, is then that of its live blocks).
+        let fresh = tier_pool_size(tier).saturating_sub(pool.dirty_end as usize);
+        self.large.shed_free_resident(fresh);
         self.dirty_pools.remove(pool);
         pool.init(class);
         self.link_used(pool);

@@ -294,7 +294,13 @@ impl Large {
         let live = self.bytes + coming;
         self.live_peak = self.live_peak.max(live);
         let allowed = (self.live_peak + self.live_peak / FREE_RESIDENT_SHARE + FREE_RESIDENT_MIN).saturating_sub(live);
-        let mut excess = new.min(self.regions.dirty_bytes.saturating_sub(allowed));
+        self.shed_free_resident(new.min(self.regions.dirty_bytes.saturating_sub(allowed)));
+    }
+
+    /// Gives back about `bytes` (rounded up to pages) of the free spans'
+    /// resident pages, those freed longest ago first, or all they hold.
+    pub fn shed_free_resident(&mut self, bytes: usize) {
+        let mut excess = bytes;
         while excess > 0 {
             // SAFETY: binned spans are live descriptors of free pages.
             let Some(s) = (unsafe { self.regions.oldest_dirty().as_mut() }) else { break };

@@ -101,7 +101,8 @@ fn options_are_read_before_libc_is_initialised() {
 }
 
 /// `malloc_trim`, `PYMALLOC_DECAY_MS` and `PYMALLOC_LARGE_CACHE` in a real
-/// process, for the heap, large blocks and the depot
+/// process, for the heap, large blocks and the depot, and the footprint
+/// pools and free spans share
 /// (`tests/c/memory_return.c` checks the statistics).
 #[test]
 fn memory_goes_back_to_the_os_as_the_options_say() {
@@ -120,6 +121,7 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
         (&["depot", "trim"], &[]),
         (&["depot", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
         (&["depot", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
+        (&["shared"], &[("PYMALLOC_DECAY_MS", "60000")]),
     ];
     for (args, vars) in cases {
         let what = format!("memory_return {} {vars:?}", args.join(" "));

@@ -17,7 +17,11 @@
                                    longer than a cache parks whole bins in
                                    the depot; malloc_trim gives them back,
                                    and so does the decay ("released": a
-                                   short delay) or not ("kept"). */
+                                   short delay) or not ("kept");
+     memory_return shared          pools that fault in fresh pages first
+                                   take as many back from the free spans
+                                   that freed large blocks left resident:
+                                   the two kinds share one footprint. */
 #include "check.h"
 
 #include <pthread.h>
@@ -70,7 +74,7 @@ static void churn_large(size_t size) {
 }
 
 int main(int argc, char **argv) {
-    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept");
+    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept|shared");
     if (strcmp(argv[1], "trim") == 0) {
         churn_small();
         churn_large(LARGE_SIZE);
@@ -92,7 +96,11 @@ int main(int argc, char **argv) {
         int expect_released = strcmp(argv[2], "released") == 0;
         /* The heap starts its clock with its first arena: what is
            freed before the first tick is stamped with that time, not 0
-           (which would read as long ago). */
+           (which would read as long ago). Twice: the second burst
+           finds its pools resident, so the bursts after churn_large
+           fault in no fresh pool (which would take pages of the free
+           spans back, see "shared"). */
+        churn_small();
         churn_small();
         churn_large(LARGE_SIZE);
         /* The six spans merged with each other and the rest of their
@@ -148,6 +156,24 @@ int main(int argc, char **argv) {
                       "before the decay delay: %zu bytes in thread caches and the depot, %zu after the burst",
                       after.thread_cache_bytes, before.thread_cache_bytes);
         }
+    } else if (strcmp(argv[1], "shared") == 0) {
+        churn_large(LARGE_SIZE);
+        pymalloc_stats before = get();
+        CHECK(before.cached_bytes == LARGE * (size_t)LARGE_SIZE, "%zu bytes kept resident in free spans, want %zu",
+              before.cached_bytes, LARGE * (size_t)LARGE_SIZE);
+        /* 4 MiB of small blocks, live at once: new pools, fresh pages. */
+        enum { N = 65536, SIZE = 64 };
+        static void *p[N];
+        for (int i = 0; i < N; i++) {
+            p[i] = malloc(opaque(SIZE));
+            CHECK(p[i] != NULL, "malloc(%d) failed", SIZE);
+            memset(p[i], i, SIZE);
+        }
+        pymalloc_stats after = get();
+        CHECK(after.cached_bytes + (3 << 20) <= before.cached_bytes,
+              "%zu bytes kept resident in free spans after 4 MiB of new pools, %zu before", after.cached_bytes,
+              before.cached_bytes);
+        for (int i = 0; i < N; i++) free(p[i]);
     } else {
         CHECK(0, "unknown mode %s", argv[1]);
     }
