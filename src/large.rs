@@ -301,7 +301,7 @@ impl Large {
     /// resident pages, those freed longest ago first, or all they hold.
     pub fn shed_free_resident(&mut self, bytes: usize) {
         let mut excess = bytes;
-        while excess > 0 {
+        while excess > 0 && self.regions.dirty_bytes > 0 {
             // SAFETY: binned spans are live descriptors of free pages.
             let Some(s) = (unsafe { self.regions.oldest_dirty().as_mut() }) else { break };
             // The start of its dirty bytes: what is left resident is then
