@@ -110,7 +110,9 @@
 //! - Freed memory is reused first and goes back to the OS once it has
 //!   stayed unused for a while (empty pools and free spans decommitted,
 //!   free arenas, cached mappings and empty regions unmapped); see
-//!   `purge`.
+//!   `purge`. Pools and free spans share one footprint: a pool born on
+//!   pages that are not resident first decommits as many resident pages
+//!   of the free spans (`Large::shed_free_resident`).
 //! - A region is tiled by spans in address order; two free spans are
 //!   neighbours only if their dirty bytes are not one interval; a free
 //!   span's pages outside its `dirty` interval read as zero;
