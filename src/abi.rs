@@ -176,11 +176,10 @@ fn free_contended(p: *mut c_void, function: &str) {
             return;
         }
     }
-    if config::fast_paths() {
-        if let Some(mut heap) = HEAP.try_lock() {
-            if heap.free_fast(p.cast()) {
-                return;
-            }
+    // No test of `fast_paths`, as in `free_fast`.
+    if let Some(mut heap) = HEAP.try_lock() {
+        if heap.free_fast(p.cast()) {
+            return;
         }
     }
     release_general(p, function)

@@ -36,7 +36,7 @@
 use core::cell::UnsafeCell;
 use core::ffi::c_char;
 use core::fmt::{self, Write};
-use core::sync::atomic::{AtomicBool, AtomicU8, AtomicUsize, Ordering};
+use core::sync::atomic::{AtomicU8, AtomicUsize, Ordering};
 
 use crate::geometry::MEDIUM_MAX;
 use crate::print::{ChunkWriter, write_fd};
@@ -247,14 +247,12 @@ const RESOLVED: u8 = 2;
 
 static STATE: AtomicU8 = AtomicU8::new(UNRESOLVED);
 
-/// Set with RESOLVED when the debug mode is off: the one load with which
-/// the calls other than `malloc` and `free` decide on their fast paths.
-static FAST: AtomicBool = AtomicBool::new(false);
-
-/// Requests below this may take `malloc`'s fast paths: `MEDIUM_MAX + 1`
-/// with FAST, else 0 (none), so that one comparison tests the size and
-/// the mode. (`free`'s direct path has its own: the heap's clock counter,
-/// which stays at zero unless FAST is set, see `Heap::tick`.)
+/// Set with RESOLVED: requests below this may take `malloc`'s fast paths,
+/// `MEDIUM_MAX + 1` when the debug mode is off, else 0 (none), so that one
+/// comparison tests the size and the mode; the other calls test it for
+/// zero (`fast_paths`). (`free`'s direct path has its own: the heap's
+/// clock counter, which stays at zero without the fast paths, see
+/// `Heap::tick`.)
 static FAST_BELOW: AtomicUsize = AtomicUsize::new(0);
 
 struct Cell(UnsafeCell<Options>);
@@ -269,16 +267,15 @@ static OPTIONS: Cell = Cell(UnsafeCell::new(Options::DEFAULT));
 /// are resolved and the debug mode (another block layout) is off.
 #[inline(always)]
 pub fn fast_paths() -> bool {
-    // Relaxed: the fast paths read no option (the general path reads
-    // them through `get`), so that loads after this one stay free to merge.
-    FAST.load(Ordering::Relaxed)
+    fast_size_below() != 0
 }
 
 /// Requests of fewer bytes than this may take `malloc`'s fast paths
 /// (see `FAST_BELOW`); each of them is at most `MEDIUM_MAX`.
 #[inline(always)]
 pub fn fast_size_below() -> usize {
-    // Relaxed: as `fast_paths`.
+    // Relaxed: the fast paths read no option (the general path reads
+    // them through `get`), so that loads after this one stay free to merge.
     FAST_BELOW.load(Ordering::Relaxed)
 }
 
@@ -313,7 +310,6 @@ fn resolve() {
             // SAFETY: we won the race to RESOLVING; nobody reads before RESOLVED.
             unsafe { *OPTIONS.0.get() = options };
             STATE.store(RESOLVED, Ordering::Release);
-            FAST.store(!options.debug, Ordering::Release);
             FAST_BELOW.store(if options.debug { 0 } else { MEDIUM_MAX + 1 }, Ordering::Release);
             if options.verbose {
                 print_options(&options);
