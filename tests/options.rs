@@ -121,6 +121,7 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
         (&["depot", "trim"], &[]),
         (&["depot", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
         (&["depot", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
+        (&["depot", "fork"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["shared"], &[("PYMALLOC_DECAY_MS", "60000")]),
     ];
     for (args, vars) in cases {

@@ -11,13 +11,16 @@
                                    of their own), N are cached: twice the
                                    largest freed, at most
                                    PYMALLOC_LARGE_CACHE;
-     memory_return depot trim|released|kept
+     memory_return depot trim|released|kept|fork
                                    with a thread started (so that the
                                    thread caches are on), a burst of frees
                                    longer than a cache parks whole bins in
                                    the depot; malloc_trim gives them back,
                                    and so does the decay ("released": a
-                                   short delay) or not ("kept");
+                                   short delay) or not ("kept"); a child
+                                   forked with bins parked takes them,
+                                   and its heap and the parent's check
+                                   ("fork");
      memory_return shared          pools that fault in fresh pages first
                                    take as many back from the free spans
                                    that freed large blocks left resident:
@@ -25,7 +28,9 @@
 #include "check.h"
 
 #include <pthread.h>
+#include <sys/wait.h>
 #include <time.h>
+#include <unistd.h>
 
 #include "pymalloc.h"
 
@@ -74,7 +79,7 @@ static void churn_large(size_t size) {
 }
 
 int main(int argc, char **argv) {
-    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept|shared");
+    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept|fork|shared");
     if (strcmp(argv[1], "trim") == 0) {
         churn_small();
         churn_large(LARGE_SIZE);
@@ -137,7 +142,21 @@ int main(int argc, char **argv) {
         /* 1.28 MB of 64-byte blocks: more than a cache holds (512 KiB). */
         CHECK(before.thread_cache_bytes > (512 << 10), "%zu bytes in thread caches and the depot after the burst",
               before.thread_cache_bytes);
-        if (strcmp(argv[2], "trim") == 0) {
+        if (strcmp(argv[2], "fork") == 0) {
+            /* Both sides allocate the parked blocks again (and more),
+               write them, check the heap, free them and trim: the parked
+               lists are the child's as they were the parent's. */
+            pid_t child = fork();
+            CHECK(child >= 0, "fork: %s", strerror(errno));
+            churn_small();
+            CHECK(pymalloc_check_heap() == 0, "heap check failed in the %s", child == 0 ? "child" : "parent");
+            CHECK(malloc_trim(0) == 1, "malloc_trim found nothing to release");
+            CHECK(get().thread_cache_bytes == 0, "bytes left in thread caches and the depot after malloc_trim");
+            if (child == 0) _exit(pymalloc_check_heap() == 0 ? 0 : 1);
+            int status;
+            CHECK(waitpid(child, &status, 0) == child, "waitpid: %s", strerror(errno));
+            CHECK(WIFEXITED(status) && WEXITSTATUS(status) == 0, "the child failed (status %d)", status);
+        } else if (strcmp(argv[2], "trim") == 0) {
             CHECK(malloc_trim(0) == 1, "malloc_trim found nothing to release");
             pymalloc_stats after = get();
             CHECK(after.thread_cache_bytes == 0, "%zu bytes in thread caches and the depot after malloc_trim",
