@@ -493,12 +493,7 @@ impl Heap {
     pub fn purge(&mut self, cutoff: u64) -> bool {
         let mut released = self.release_kept(cutoff);
         while let Some(pool) = self.dirty_pools.pop_older(cutoff) {
-            // SAFETY: listed pools are empty pools of live arenas.
-            unsafe {
-                let pool = &mut *pool;
-                os::decommit(pool.base, pool.size());
-                pool.decommitted();
-            }
+            Self::decommit_pool(pool);
             released = true;
         }
         while let Some(arena) = self.arenas.take_decayed(cutoff) {
@@ -510,6 +505,30 @@ impl Heap {
             released = true;
         }
         released | self.large.release(cutoff)
+    }
+
+    /// Gives back the pages of empty pools of other tiers than `tier`,
+    /// those emptied longest ago first, until about `bytes` have gone or
+    /// none is left resident.
+    fn shed_dirty_pools(&mut self, tier: usize, bytes: usize) {
+        let mut excess = bytes;
+        while excess > 0 {
+            let Some(pool) = self.dirty_pools.pop_other_tier(tier) else { break };
+            // SAFETY: listed pools are empty pools of live arenas.
+            excess = excess.saturating_sub(unsafe { (*pool).dirty_end } as usize);
+            Self::decommit_pool(pool);
+        }
+    }
+
+    /// Decommits an empty pool taken off the dirty-pool list.
+    fn decommit_pool(pool: *mut Pool) {
+        // SAFETY: the callers pass a pool just popped from the dirty-pool
+        // list: an empty pool of a live arena, no block of it in use.
+        unsafe {
+            let pool = &mut *pool;
+            os::decommit(pool.base, pool.size());
+            pool.decommitted();
+        }
     }
 
     /// Bytes usable at `p` (not null).
@@ -665,13 +684,16 @@ impl Heap {
         // no used list.
         let pool = unsafe { &mut *pool };
         // The pages the new pool will fault in: as many resident pages of
-        // free large spans go back first, so that the footprint of pools
-        // and regions together grows only when neither holds free pages
-        // (the peak of a program whose big buffers die young, as at
-        // python3's start-up, is then that of its live blocks).
-        let fresh = tier_pool_size(tier).saturating_sub(pool.dirty_end as usize);
-        self.large.shed_free_resident(fresh);
+        // free large spans go back first, then of empty pools of other
+        // sizes, so that the footprint of pools and regions together
+        // grows only when none holds free pages (the peak of a program
+        // whose big buffers die young, as at python3's start-up, or whose
+        // sizes change as it goes, is then that of its live blocks). Kept
+        // pools stay: their classes are the likeliest to allocate again.
         self.dirty_pools.remove(pool);
+        let fresh = tier_pool_size(tier).saturating_sub(pool.dirty_end as usize);
+        let uncovered = self.large.shed_free_resident(fresh);
+        self.shed_dirty_pools(tier, uncovered);
         pool.init(class);
         self.link_used(pool);
         pool

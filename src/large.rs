@@ -298,8 +298,9 @@ impl Large {
     }
 
     /// Gives back about `bytes` (rounded up to pages) of the free spans'
-    /// resident pages, those freed longest ago first, or all they hold.
-    pub fn shed_free_resident(&mut self, bytes: usize) {
+    /// resident pages, those freed longest ago first, or all they hold;
+    /// returns how many of `bytes` they could not cover.
+    pub fn shed_free_resident(&mut self, bytes: usize) -> usize {
         let mut excess = bytes;
         while excess > 0 && self.regions.dirty_bytes > 0 {
             // SAFETY: binned spans are live descriptors of free pages.
@@ -316,6 +317,7 @@ impl Large {
             s.dirty = s.dirty.without_first(cut);
             self.release_span(s); // it may merge with a neighbour now
         }
+        excess
     }
 
     /// A new region for a span of at least `len` bytes, as one free span.

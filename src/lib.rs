@@ -112,7 +112,8 @@
 //!   free arenas, cached mappings and empty regions unmapped); see
 //!   `purge`. Pools and free spans share one footprint: a pool born on
 //!   pages that are not resident first decommits as many resident pages
-//!   of the free spans (`Large::shed_free_resident`).
+//!   of the free spans (`Large::shed_free_resident`), then of the empty
+//!   pools of other tiers (`Heap::shed_dirty_pools`).
 //! - A region is tiled by spans in address order; two free spans are
 //!   neighbours only if their dirty bytes are not one interval; a free
 //!   span's pages outside its `dirty` interval read as zero;

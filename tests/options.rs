@@ -123,6 +123,7 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
         (&["depot", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["depot", "fork"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["shared"], &[("PYMALLOC_DECAY_MS", "60000")]),
+        (&["shared", "pools"], &[("PYMALLOC_DECAY_MS", "60000")]),
     ];
     for (args, vars) in cases {
         let what = format!("memory_return {} {vars:?}", args.join(" "));

@@ -24,7 +24,9 @@
      memory_return shared          pools that fault in fresh pages first
                                    take as many back from the free spans
                                    that freed large blocks left resident:
-                                   the two kinds share one footprint. */
+                                   the two kinds share one footprint;
+     memory_return shared pools    and as many from empty pools of other
+                                   sizes that are still resident. */
 #include "check.h"
 
 #include <pthread.h>
@@ -79,7 +81,8 @@ static void churn_large(size_t size) {
 }
 
 int main(int argc, char **argv) {
-    CHECK(argc >= 2, "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept|fork|shared");
+    CHECK(argc >= 2,
+          "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept|fork|shared [pools]");
     if (strcmp(argv[1], "trim") == 0) {
         churn_small();
         churn_large(LARGE_SIZE);
@@ -175,6 +178,36 @@ int main(int argc, char **argv) {
                       "before the decay delay: %zu bytes in thread caches and the depot, %zu after the burst",
                       after.thread_cache_bytes, before.thread_cache_bytes);
         }
+    } else if (strcmp(argv[1], "shared") == 0 && argc > 2 && strcmp(argv[2], "pools") == 0) {
+        /* 4 MiB of 4 KiB blocks, written and freed but for one in 256
+           (so that no arena becomes free, to be cut anew for small
+           pools): their pools are empty and resident (the driver set a
+           long decay). */
+        enum { MEDIUM_N = 1024, MEDIUM_SIZE = 4096, KEPT_EVERY = 256 };
+        static void *m[MEDIUM_N];
+        for (int i = 0; i < MEDIUM_N; i++) {
+            m[i] = malloc(opaque(MEDIUM_SIZE));
+            CHECK(m[i] != NULL, "malloc(%d) failed", MEDIUM_SIZE);
+            memset(m[i], i, MEDIUM_SIZE);
+        }
+        for (int i = 0; i < MEDIUM_N; i++)
+            if (i % KEPT_EVERY != 0) free(m[i]);
+        pymalloc_stats before = get();
+        /* 4 MiB of small blocks, live at once: pools of another size,
+           fresh pages. */
+        enum { N = 65536, SIZE = 64 };
+        static void *p[N];
+        for (int i = 0; i < N; i++) {
+            p[i] = malloc(opaque(SIZE));
+            CHECK(p[i] != NULL, "malloc(%d) failed", SIZE);
+            memset(p[i], i, SIZE);
+        }
+        pymalloc_stats after = get();
+        CHECK(after.bytes_returned >= before.bytes_returned + (3 << 20),
+              "%zu bytes returned to the OS after 4 MiB of new small pools beside 4 MiB of empty medium ones, %zu before",
+              after.bytes_returned, before.bytes_returned);
+        for (int i = 0; i < N; i++) free(p[i]);
+        for (int i = 0; i < MEDIUM_N; i += KEPT_EVERY) free(m[i]);
     } else if (strcmp(argv[1], "shared") == 0) {
         churn_large(LARGE_SIZE);
         pymalloc_stats before = get();
