@@ -590,11 +590,19 @@ pub extern "C" fn malloc_trim(_pad: usize) -> c_int {
         debugged("malloc_trim", ptr::null_mut(), debug_mode::flush);
     }
     let mut heap = HEAP.lock();
-    if let Err(fault) = front::trim_all(&mut heap) {
-        drop(heap);
-        fatal("malloc_trim", fault, ptr::null());
+    let released = front::trim_all(&mut heap).and_then(|()| {
+        let reserves = heap.trim();
+        // The debug mode's poison stays: it is what shows a write after free.
+        let pages = if debug_on() { false } else { heap.release_free_block_pages()? };
+        Ok(reserves | pages)
+    });
+    match released {
+        Ok(released) => released as c_int,
+        Err(fault) => {
+            drop(heap);
+            fatal("malloc_trim", fault, ptr::null())
+        }
     }
-    heap.trim() as c_int
 }
 
 fn snapshot() -> Snapshot {

@@ -962,6 +962,36 @@ impl Heap {
         self.release_reserves()
     }
 
+    /// Gives back the whole pages inside the free blocks of pools in use
+    /// (all of a free block but the page holding its link and key), as
+    /// glibc's `malloc_trim` gives back its free chunks' pages; true if
+    /// any went. Not for the debug mode, whose check of a block handed
+    /// out again reads the poison of its freed bytes.
+    pub fn release_free_block_pages(&mut self) -> Result<bool, Fault> {
+        let mut released = false;
+        for class in (0..NUM_CLASSES).filter(|&c| class_info(c).size as usize > PAGE_SIZE) {
+            let mut cur = self.usedpools[class];
+            // SAFETY: pools on a used list are live.
+            while let Some(pool) = unsafe { cur.as_ref() } {
+                cur = pool.nextpool;
+                let size = pool.block_size as usize;
+                pool.walk_free_list(self.secret, |block| {
+                    let from = os::page_round_up(block as usize + 2 * size_of::<usize>());
+                    let to = (block as usize + size) & !(PAGE_SIZE - 1);
+                    // Only resident pages: a second trim finds nothing.
+                    if from < to && os::any_resident(from as *mut u8, to - from) {
+                        // SAFETY: pages of a free block past its link and
+                        // key: nothing reads them before it is handed out
+                        // again, and what it held then is unspecified.
+                        unsafe { os::decommit(from as *mut u8, to - from) };
+                        released = true;
+                    }
+                })?;
+            }
+        }
+        Ok(released)
+    }
+
     pub fn arenas(&self) -> &Arenas {
         &self.arenas
     }

@@ -19,6 +19,8 @@
 //! Free spans and empty pools can go sooner, oldest first: a pool or a
 //! span that faults in fresh pages first gives back as many of theirs
 //! (the shared footprint: `Heap::new_used_pool`, `Large::hold_footprint`).
+//! The pages inside free blocks of pools still in use stay until
+//! `malloc_trim` (`Heap::release_free_block_pages`), as in glibc's heap.
 //!
 //! The clock is read only every `TICK_FREES` calls to `free` (one counter
 //! decrement on the fast path; `CLOCK_MONOTONIC_COARSE` is served by the

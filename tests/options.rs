@@ -111,6 +111,7 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
     type Env = &'static [(&'static str, &'static str)];
     let cases: &[(&[&str], Env)] = &[
         (&["trim"], &[]),
+        (&["trim", "blocks"], &[]),
         (&["decay", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
         (&["decay", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["cache", "1"], &[]),

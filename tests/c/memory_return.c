@@ -26,7 +26,11 @@
                                    that freed large blocks left resident:
                                    the two kinds share one footprint;
      memory_return shared pools    and as many from empty pools of other
-                                   sizes that are still resident. */
+                                   sizes that are still resident;
+     memory_return trim blocks     malloc_trim gives back the pages inside
+                                   free blocks of a pool still in use (a
+                                   second trim finds none), and the blocks
+                                   serve again, calloc's zeroed. */
 #include "check.h"
 
 #include <pthread.h>
@@ -60,6 +64,16 @@ static void churn_small(void) {
 
 static void *nothing(void *arg) { return arg; }
 
+/* The process's resident bytes. */
+static size_t resident(void) {
+    FILE *f = fopen("/proc/self/statm", "r");
+    CHECK(f != NULL, "/proc/self/statm");
+    size_t pages, rss;
+    CHECK(fscanf(f, "%zu %zu", &pages, &rss) == 2, "statm");
+    fclose(f);
+    return rss * (size_t)sysconf(_SC_PAGESIZE);
+}
+
 /* Frees through the calling thread's cache, of another class than
    churn_small's, enough for its clock to tick. */
 static void tick_cache(void) {
@@ -82,8 +96,37 @@ static void churn_large(size_t size) {
 
 int main(int argc, char **argv) {
     CHECK(argc >= 2,
-          "usage: memory_return trim|decay released|decay kept|cache N|depot trim|released|kept|fork|shared [pools]");
-    if (strcmp(argv[1], "trim") == 0) {
+          "usage: memory_return trim [blocks]|decay released|decay kept|cache N|depot trim|released|kept|fork|shared [pools]");
+    if (strcmp(argv[1], "trim") == 0 && argc > 2 && strcmp(argv[2], "blocks") == 0) {
+        /* One pool of 64 KiB blocks, written; all but one freed. */
+        enum { N = 16, SIZE = 64 << 10 };
+        void *p[N];
+        for (int i = 0; i < N; i++) {
+            p[i] = malloc(opaque(SIZE));
+            CHECK(p[i] != NULL, "malloc(%d) failed", SIZE);
+            memset(p[i], 0x5a, SIZE);
+        }
+        for (int i = 1; i < N; i++) free(p[i]);
+        size_t rss_before = resident();
+        pymalloc_stats before = get();
+        CHECK(malloc_trim(0) == 1, "malloc_trim released nothing with %d free blocks of %d bytes", N - 1, SIZE);
+        CHECK(malloc_trim(0) == 0, "a second malloc_trim found something to release");
+        pymalloc_stats after = get();
+        size_t rss_after = resident();
+        size_t want = (N - 1) * (size_t)(SIZE - 4096);
+        CHECK(after.bytes_returned >= before.bytes_returned + want, "bytes returned to the OS %zu -> %zu, want %zu more",
+              before.bytes_returned, after.bytes_returned, want);
+        CHECK(rss_after + want <= rss_before + (64 << 10), "resident %zu KiB -> %zu KiB, want %zu KiB less", rss_before >> 10,
+              rss_after >> 10, want >> 10);
+        for (int i = 1; i < N; i++) {
+            unsigned char *c = calloc(1, opaque(SIZE));
+            CHECK(c != NULL, "calloc(%d) failed", SIZE);
+            for (size_t j = 0; j < SIZE; j++) CHECK(c[j] == 0, "calloc's block %d holds %#x at offset %zu", i, c[j], j);
+            memset(c, i, SIZE);
+            p[i] = c;
+        }
+        for (int i = 0; i < N; i++) free(p[i]);
+    } else if (strcmp(argv[1], "trim") == 0) {
         churn_small();
         churn_large(LARGE_SIZE);
         churn_large(MAPPING_SIZE);
