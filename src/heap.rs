@@ -509,8 +509,9 @@ impl Heap {
 
     /// Gives back the pages of empty pools of other tiers than `tier`,
     /// those emptied longest ago first, until about `bytes` have gone or
-    /// none is left resident.
-    fn shed_dirty_pools(&mut self, tier: usize, bytes: usize) {
+    /// none is left resident; returns how many of `bytes` they could not
+    /// cover.
+    fn shed_dirty_pools(&mut self, tier: usize, bytes: usize) -> usize {
         let mut excess = bytes;
         while excess > 0 {
             let Some(pool) = self.dirty_pools.pop_other_tier(tier) else { break };
@@ -518,6 +519,7 @@ impl Heap {
             excess = excess.saturating_sub(unsafe { (*pool).dirty_end } as usize);
             Self::decommit_pool(pool);
         }
+        excess
     }
 
     /// Decommits an empty pool taken off the dirty-pool list.
@@ -685,15 +687,16 @@ impl Heap {
         let pool = unsafe { &mut *pool };
         // The pages the new pool will fault in: as many resident pages of
         // free large spans go back first, then of empty pools of other
-        // sizes, so that the footprint of pools and regions together
-        // grows only when none holds free pages (the peak of a program
-        // whose big buffers die young, as at python3's start-up, or whose
-        // sizes change as it goes, is then that of its live blocks). Kept
-        // pools stay: their classes are the likeliest to allocate again.
+        // sizes (given back, then kept but idle), so that the footprint of
+        // pools and regions together grows only when none holds free
+        // pages (the peak of a program whose big buffers die young, as at
+        // python3's start-up, or whose sizes change as it goes, is then
+        // that of its live blocks).
         self.dirty_pools.remove(pool);
         let fresh = tier_pool_size(tier).saturating_sub(pool.dirty_end as usize);
         let uncovered = self.large.shed_free_resident(fresh);
-        self.shed_dirty_pools(tier, uncovered);
+        let uncovered = self.shed_dirty_pools(tier, uncovered);
+        self.shed_idle_kept(tier, uncovered);
         pool.init(class);
         self.link_used(pool);
         pool
@@ -734,8 +737,8 @@ impl Heap {
     fn pool_emptied(&mut self, pool: &mut Pool, was_full: bool) {
         let pool: *mut Pool = pool;
         // SAFETY: `pool` is live; a kept pool is a live pool of the class:
-        // it goes back to its arena only through `release_kept` or here,
-        // both of which forget it first. A pool's arena outlives it.
+        // it leaves only through `release_kept_pool`, `unkeep_other` or
+        // here, all of which forget it first. A pool's arena outlives it.
         unsafe {
             let kept = *self.kept_slot((*pool).class as usize);
             let arena = &*self.arena_of(&*pool);
@@ -773,22 +776,51 @@ impl Heap {
     fn release_kept(&mut self, cutoff: u64) -> bool {
         let mut released = false;
         for class in 0..NUM_CLASSES {
-            // SAFETY: kept pools are live pools of the class (see above).
-            let Some(pool) = (unsafe { self.kept[class].as_mut() }) else { continue };
-            if pool.ref_count.get() != 0 || pool.emptied_at > cutoff {
-                continue;
+            if self.empty_kept(class).is_some_and(|pool| pool.emptied_at <= cutoff) {
+                self.release_kept_pool(class);
+                released = true;
             }
-            self.unlink_used(pool);
-            self.kept[class] = ptr::null_mut();
-            if pool.dirty_end != 0 {
-                // SAFETY: the pool is empty: none of its bytes is in use.
-                unsafe { os::decommit(pool.base, pool.size()) };
-                pool.decommitted();
-            }
-            self.give_back(pool);
-            released = true;
         }
         released
+    }
+
+    /// Gives back the kept pools of the classes of other tiers than `tier`
+    /// that have stayed empty since before the last clock tick (so not
+    /// those of classes that empty and refill their pools in turn),
+    /// emptied longest ago first, until about `bytes` of their pages have
+    /// gone.
+    fn shed_idle_kept(&mut self, tier: usize, bytes: usize) {
+        let mut excess = bytes;
+        while excess > 0 {
+            let idle = (0..NUM_CLASSES).filter(|&c| class_info(c).tier as usize != tier).filter_map(|c| {
+                let pool = self.empty_kept(c)?;
+                (pool.dirty_end != 0 && pool.emptied_at < self.clock).then_some((c, pool.emptied_at, pool.dirty_end))
+            });
+            let Some((oldest, _, dirty)) = idle.min_by_key(|&(_, emptied_at, _)| emptied_at) else { break };
+            excess = excess.saturating_sub(dirty as usize);
+            self.release_kept_pool(oldest);
+        }
+    }
+
+    /// `class`'s kept pool if it is empty.
+    fn empty_kept(&self, class: usize) -> Option<&Pool> {
+        // SAFETY: kept pools are live pools of their class (see above).
+        unsafe { self.kept.get(class)?.as_ref() }.filter(|pool| pool.ref_count.get() == 0)
+    }
+
+    /// Gives `class`'s empty kept pool back to its arena, its memory back
+    /// to the OS.
+    fn release_kept_pool(&mut self, class: usize) {
+        // SAFETY: the caller found the kept pool empty (`empty_kept`): a
+        // live pool on its class's used list, none of its bytes in use.
+        let pool = unsafe { &mut *core::mem::replace(self.kept_slot(class), ptr::null_mut()) };
+        self.unlink_used(pool);
+        if pool.dirty_end != 0 {
+            // SAFETY: as above.
+            unsafe { os::decommit(pool.base, pool.size()) };
+            pool.decommitted();
+        }
+        self.give_back(pool);
     }
 
     /// The arena of a born pool, as the arena map names it.

@@ -95,7 +95,8 @@
 //!
 //! - A pool is unborn, used (in `usedpools[class]`), full (in no list) or
 //!   empty (on its arena's free-pool list); see `pool`. Each class may keep
-//!   its last emptied pool on its used list until it decays, so a class
+//!   its last emptied pool on its used list until it decays (or, idle,
+//!   gives its pages to a pool of another tier being born), so a class
 //!   that empties and refills a pool in turn stays on the fast path.
 //! - A free block's link is stored mangled with its own address and a
 //!   per-process secret, and its second word holds a key bound to its
@@ -113,7 +114,7 @@
 //!   `purge`. Pools and free spans share one footprint: a pool born on
 //!   pages that are not resident first decommits as many resident pages
 //!   of the free spans (`Large::shed_free_resident`), then of the empty
-//!   pools of other tiers (`Heap::shed_dirty_pools`).
+//!   pools of other tiers (`Heap::shed_dirty_pools`, `shed_idle_kept`).
 //! - A region is tiled by spans in address order; two free spans are
 //!   neighbours only if their dirty bytes are not one interval; a free
 //!   span's pages outside its `dirty` interval read as zero;

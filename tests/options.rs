@@ -125,6 +125,7 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
         (&["depot", "fork"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["shared"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["shared", "pools"], &[("PYMALLOC_DECAY_MS", "60000")]),
+        (&["shared", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
     ];
     for (args, vars) in cases {
         let what = format!("memory_return {} {vars:?}", args.join(" "));

@@ -27,6 +27,9 @@
                                    the two kinds share one footprint;
      memory_return shared pools    and as many from empty pools of other
                                    sizes that are still resident;
+     memory_return shared kept     and from the pools each class keeps
+                                   when it empties, once they have been
+                                   idle for a tick of the heap's clock;
      memory_return trim blocks     malloc_trim gives back the pages inside
                                    free blocks of a pool still in use (a
                                    second trim finds none), and the blocks
@@ -96,7 +99,7 @@ static void churn_large(size_t size) {
 
 int main(int argc, char **argv) {
     CHECK(argc >= 2,
-          "usage: memory_return trim [blocks]|decay released|decay kept|cache N|depot trim|released|kept|fork|shared [pools]");
+          "usage: memory_return trim [blocks]|decay released|decay kept|cache N|depot trim|released|kept|fork|shared [pools|kept]");
     if (strcmp(argv[1], "trim") == 0 && argc > 2 && strcmp(argv[2], "blocks") == 0) {
         /* One pool of 64 KiB blocks, written; all but one freed. */
         enum { N = 16, SIZE = 64 << 10 };
@@ -221,6 +224,41 @@ int main(int argc, char **argv) {
                       "before the decay delay: %zu bytes in thread caches and the depot, %zu after the burst",
                       after.thread_cache_bytes, before.thread_cache_bytes);
         }
+    } else if (strcmp(argv[1], "shared") == 0 && argc > 2 && strcmp(argv[2], "kept") == 0) {
+        /* A pool's worth of blocks of each of eight medium sizes, written
+           and freed: each class keeps its emptied pool, resident. */
+        static const size_t sizes[] = {2048, 2560, 3072, 3584, 4096, 8192, 12288, 16384};
+        enum { PER_POOL = 16, CLASSES = sizeof sizes / sizeof sizes[0] };
+        size_t kept = 0;
+        for (int c = 0; c < CLASSES; c++) {
+            void *m[PER_POOL];
+            for (int i = 0; i < PER_POOL; i++) {
+                m[i] = malloc(opaque(sizes[c]));
+                CHECK(m[i] != NULL, "malloc(%zu) failed", sizes[c]);
+                memset(m[i], i, sizes[c]);
+            }
+            for (int i = 0; i < PER_POOL; i++) free(m[i]);
+            kept += PER_POOL * sizes[c];
+        }
+        /* Idle for a tick of the clock: a pause, then frees enough to
+           read the clock (blocks of the smallest pools, which stay). */
+        struct timespec pause = {0, 20 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        churn_small();
+        pymalloc_stats before = get();
+        /* 4 MiB of small blocks, live at once: new pools, fresh pages. */
+        enum { N = 65536, SIZE = 64 };
+        static void *p[N];
+        for (int i = 0; i < N; i++) {
+            p[i] = malloc(opaque(SIZE));
+            CHECK(p[i] != NULL, "malloc(%d) failed", SIZE);
+            memset(p[i], i, SIZE);
+        }
+        pymalloc_stats after = get();
+        CHECK(after.bytes_returned >= before.bytes_returned + kept,
+              "%zu bytes returned to the OS after 4 MiB of new small pools beside %zu bytes of idle kept pools, %zu before",
+              after.bytes_returned, kept, before.bytes_returned);
+        for (int i = 0; i < N; i++) free(p[i]);
     } else if (strcmp(argv[1], "shared") == 0 && argc > 2 && strcmp(argv[2], "pools") == 0) {
         /* 4 MiB of 4 KiB blocks, written and freed but for one in 256
            (so that no arena becomes free, to be cut anew for small
