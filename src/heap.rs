@@ -493,7 +493,8 @@ impl Heap {
     pub fn purge(&mut self, cutoff: u64) -> bool {
         let mut released = self.release_kept(cutoff);
         while let Some(pool) = self.dirty_pools.pop_older(cutoff) {
-            Self::decommit_pool(pool);
+            // SAFETY: listed pools are empty pools of live arenas.
+            Self::decommit_pool(unsafe { &mut *pool });
             released = true;
         }
         while let Some(arena) = self.arenas.take_decayed(cutoff) {
@@ -516,21 +517,21 @@ impl Heap {
         while excess > 0 {
             let Some(pool) = self.dirty_pools.pop_other_tier(tier) else { break };
             // SAFETY: listed pools are empty pools of live arenas.
-            excess = excess.saturating_sub(unsafe { (*pool).dirty_end } as usize);
+            let pool = unsafe { &mut *pool };
+            excess = excess.saturating_sub(pool.dirty_end as usize);
             Self::decommit_pool(pool);
         }
         excess
     }
 
-    /// Decommits an empty pool taken off the dirty-pool list.
-    fn decommit_pool(pool: *mut Pool) {
-        // SAFETY: the callers pass a pool just popped from the dirty-pool
-        // list: an empty pool of a live arena, no block of it in use.
-        unsafe {
-            let pool = &mut *pool;
-            os::decommit(pool.base, pool.size());
-            pool.decommitted();
-        }
+    /// Decommits an empty pool of a live arena (taken off the dirty-pool
+    /// list, or a kept pool being given back).
+    fn decommit_pool(pool: &mut Pool) {
+        debug_assert_eq!(pool.ref_count.get(), 0);
+        // SAFETY: a pool with no block in use: none of its bytes is read
+        // before it is carved anew.
+        unsafe { os::decommit(pool.base, pool.size()) };
+        pool.decommitted();
     }
 
     /// Bytes usable at `p` (not null).
@@ -816,9 +817,7 @@ impl Heap {
         let pool = unsafe { &mut *core::mem::replace(self.kept_slot(class), ptr::null_mut()) };
         self.unlink_used(pool);
         if pool.dirty_end != 0 {
-            // SAFETY: as above.
-            unsafe { os::decommit(pool.base, pool.size()) };
-            pool.decommitted();
+            Self::decommit_pool(pool);
         }
         self.give_back(pool);
     }
