@@ -337,7 +337,7 @@ fn double_frees_are_detected() {
 #[test]
 #[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
 fn corrupted_free_list_links_are_detected() {
-    for n in [16, 48, 512, 2000] {
+    for n in [16, 48, 512, 2000, 20_000] {
         let mut heap = new_heap();
         let blocks: Vec<*mut u8> = (0..4).map(|_| heap.alloc(n).ptr).collect();
         heap.free(blocks[1]).unwrap();
@@ -348,6 +348,10 @@ fn corrupted_free_list_links_are_detected() {
         assert!(heap.check().is_err(), "the walk sees the bad link");
         let class_size = heap.usable_size(blocks[0]).unwrap();
         let corrupt = Fault::CorruptFreeList { at: blocks[2], class_size };
+        if class_size > PAGE_SIZE {
+            // So does `malloc_trim`'s walk of the free blocks' pages.
+            assert_eq!(heap.release_free_block_pages(), Err(corrupt));
+        }
         assert!(heap.alloc(n).ptr.is_null(), "malloc of {n}");
         assert_eq!(heap.take_fault(), Some(corrupt));
         assert_eq!(heap.take_fault(), None);
