@@ -31,6 +31,13 @@ use crate::pool::Pool;
 use crate::purge::{self, DirtyPools, TICK_FREES};
 use crate::size_class::{self, NUM_CLASSES, class_for_aligned, class_info, class_of};
 
+/// The classes whose blocks span whole pages past their first, whose
+/// free blocks can give pages back (`release_free_pages`).
+const MULTI_PAGE_CLASSES: core::ops::Range<usize> = size_class::class_of(PAGE_SIZE) + 1..NUM_CLASSES;
+
+/// Pages in the biggest pool.
+const MAX_POOL_PAGES: usize = tier_pool_size(TIER_COUNT - 1) / PAGE_SIZE;
+
 /// The one heap of the process and its lock.
 pub static HEAP: Mutex<FutexMutex, Heap> = Mutex::from_raw(FutexMutex::INIT, Heap::new());
 
@@ -103,6 +110,8 @@ pub struct Heap {
     map: ArenaMap,
     /// The clock (ms) at the last tick: the time stamp of what is freed.
     clock: u64,
+    /// The clock at the last look for idle pools in use (`shed_idle_blocks`).
+    idle_looked_at: u64,
     /// Calls to `free` left until the next tick (0 at first: the first
     /// free ticks, and the heap starts as zero bytes).
     frees_to_tick: u32,
@@ -129,6 +138,7 @@ impl Heap {
             fault: Fault::InvalidPointer,
             clock: 0,
             frees_to_tick: 0,
+            idle_looked_at: 0,
             cache_search: None,
         }
     }
@@ -470,7 +480,14 @@ impl Heap {
         // declines every block and each free ticks.
         self.frees_to_tick = if config::fast_paths() { TICK_FREES } else { 0 };
         self.clock = purge::now_ms();
-        self.purge(self.clock.saturating_sub(config::get().decay_ms as u64));
+        let decay = config::get().decay_ms as u64;
+        self.purge(self.clock.saturating_sub(decay));
+        // Not in the debug mode: its check of a block handed out again
+        // reads the freed block's poison.
+        if self.clock.saturating_sub(self.idle_looked_at) >= decay && !config::get().debug {
+            self.idle_looked_at = self.clock;
+            self.shed_idle_blocks();
+        }
         self.clock
     }
 
@@ -1000,26 +1017,63 @@ impl Heap {
     /// out again reads the poison of its freed bytes.
     pub fn release_free_block_pages(&mut self) -> Result<bool, Fault> {
         let mut released = false;
-        for class in (0..NUM_CLASSES).filter(|&c| class_info(c).size as usize > PAGE_SIZE) {
+        for class in MULTI_PAGE_CLASSES {
             let mut cur = self.usedpools[class];
             // SAFETY: pools on a used list are live.
             while let Some(pool) = unsafe { cur.as_ref() } {
                 cur = pool.nextpool;
-                let size = pool.block_size as usize;
-                pool.walk_free_list(self.secret, |block| {
-                    let from = os::page_round_up(block as usize + 2 * size_of::<usize>());
-                    let to = (block as usize + size) & !(PAGE_SIZE - 1);
-                    // Only resident pages: a second trim finds nothing.
-                    if from < to && os::any_resident(from as *mut u8, to - from) {
-                        // SAFETY: pages of a free block past its link and
-                        // key: nothing reads them before it is handed out
-                        // again, and what it held then is unspecified.
-                        unsafe { os::decommit(from as *mut u8, to - from) };
-                        released = true;
-                    }
-                })?;
+                released |= Self::release_free_pages(pool, self.secret)?;
             }
         }
+        Ok(released)
+    }
+
+    /// Gives back the pages inside the free blocks of pools in use that
+    /// have stayed as they were since the last look, a decay period ago
+    /// (`tick`): the free list's head and the count of blocks handed out
+    /// unchanged. A pool that changes is looked at again next time.
+    pub fn shed_idle_blocks(&mut self) {
+        for class in MULTI_PAGE_CLASSES {
+            let mut cur = self.usedpools[class];
+            // SAFETY: pools on a used list are live, and ours under the lock.
+            while let Some(pool) = unsafe { cur.as_mut() } {
+                cur = pool.nextpool;
+                let now = (pool.freeblock, pool.ref_count.get());
+                if now != (pool.seen_head, pool.seen_count) {
+                    (pool.seen_head, pool.seen_count, pool.seen_shed) = (now.0, now.1, false);
+                } else if !pool.seen_shed && now.1 > 0 {
+                    pool.seen_shed = true;
+                    // A corrupted link is left for the allocation that
+                    // meets it to report.
+                    let _ = Self::release_free_pages(pool, self.secret);
+                }
+            }
+        }
+    }
+
+    /// Gives back the whole pages inside `pool`'s free blocks past the
+    /// page holding each one's link and key, those still resident (so a
+    /// second call finds none); true if any went. Fails at a corrupted
+    /// link (the blocks before it have given theirs back).
+    fn release_free_pages(pool: &Pool, secret: Secret) -> Result<bool, Fault> {
+        let base = pool.base as usize;
+        let mut resident = [0u8; MAX_POOL_PAGES];
+        let resident = &mut resident[..(pool.size() / PAGE_SIZE).min(MAX_POOL_PAGES)];
+        os::residency(pool.base, resident);
+        let size = pool.block_size as usize;
+        let mut released = false;
+        pool.walk_free_list(secret, |block| {
+            let from = os::page_round_up(block as usize + 2 * size_of::<usize>());
+            let to = (block as usize + size) & !(PAGE_SIZE - 1);
+            let pages = (from - base) / PAGE_SIZE..(to - base) / PAGE_SIZE;
+            if from < to && resident.get(pages).is_none_or(|pages| pages.iter().any(|&page| page & 1 != 0)) {
+                // SAFETY: pages of a free block past its link and key:
+                // nothing reads them before it is handed out again, and
+                // what it held then is unspecified.
+                unsafe { os::decommit(from as *mut u8, to - from) };
+                released = true;
+            }
+        })?;
         Ok(released)
     }
 

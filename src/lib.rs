@@ -109,8 +109,9 @@
 //!   kept in O(1) per change; entirely free arenas leave the list; see
 //!   `arena`.
 //! - Freed memory is reused first and goes back to the OS once it has
-//!   stayed unused for a while (empty pools and free spans decommitted,
-//!   free arenas, cached mappings and empty regions unmapped); see
+//!   stayed unused for a while (empty pools, free spans and the pages
+//!   inside free blocks of idle pools decommitted, free arenas, cached
+//!   mappings and empty regions unmapped); see
 //!   `purge`. Pools and free spans share one footprint: a pool born on
 //!   pages that are not resident first decommits as many resident pages
 //!   of the free spans (`Large::shed_free_resident`), then of the empty

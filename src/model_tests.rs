@@ -349,8 +349,12 @@ fn corrupted_free_list_links_are_detected() {
         let class_size = heap.usable_size(blocks[0]).unwrap();
         let corrupt = Fault::CorruptFreeList { at: blocks[2], class_size };
         if class_size > PAGE_SIZE {
-            // So does `malloc_trim`'s walk of the free blocks' pages.
+            // So does `malloc_trim`'s walk of the free blocks' pages;
+            // the decay's (a look, then the release) leaves it to the
+            // allocation that meets it.
             assert_eq!(heap.release_free_block_pages(), Err(corrupt));
+            heap.shed_idle_blocks();
+            heap.shed_idle_blocks();
         }
         assert!(heap.alloc(n).ptr.is_null(), "malloc of {n}");
         assert_eq!(heap.take_fault(), Some(corrupt));
@@ -358,6 +362,45 @@ fn corrupted_free_list_links_are_detected() {
         // A double-free check walking the list meets the bad link too.
         assert_eq!(heap.free(blocks[1]), Err(corrupt));
     }
+}
+
+#[test]
+fn idle_pools_in_use_give_back_their_free_blocks_pages() {
+    const SIZE: usize = 64 << 10;
+    let resident = |p: *mut u8| {
+        let mut page = [0u8];
+        crate::os::residency(p, &mut page);
+        page[0] & 1 != 0
+    };
+    // The page after a block's first, which holds its link and key.
+    // SAFETY: arithmetic only.
+    let second = |p: *mut u8| unsafe { p.add(PAGE_SIZE) };
+    let mut heap = new_heap();
+    // The first free ticks the clock, which looks too: not in between.
+    let first = heap.alloc(16).ptr;
+    heap.free(first).unwrap();
+    let blocks: Vec<*mut u8> = (0..4).map(|_| heap.alloc(SIZE).ptr).collect();
+    for &b in &blocks {
+        // SAFETY: a live block of SIZE bytes.
+        unsafe { b.write_bytes(0x5a, SIZE) };
+    }
+    heap.free(blocks[1]).unwrap();
+    heap.shed_idle_blocks();
+    assert!(resident(second(blocks[1])), "the first look only notes the pool");
+    heap.free(blocks[2]).unwrap();
+    heap.shed_idle_blocks();
+    assert!(resident(second(blocks[1])), "the pool changed since the last look");
+    heap.shed_idle_blocks();
+    assert!(!resident(second(blocks[1])) && !resident(second(blocks[2])), "idle since the last look");
+    assert!(resident(blocks[1]) && resident(blocks[0]) && resident(second(blocks[0])));
+    heap.check().unwrap();
+    for _ in 1..3 {
+        let p = heap.alloc(SIZE).ptr;
+        // SAFETY: a live block of SIZE bytes.
+        unsafe { p.write_bytes(7, SIZE) };
+        assert!(resident(second(p)));
+    }
+    heap.check().unwrap();
 }
 
 #[test]

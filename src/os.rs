@@ -303,24 +303,14 @@ pub unsafe fn decommit(p: *mut u8, len: usize) {
     OS_TOTALS.returned.fetch_add(len, Relaxed);
 }
 
-/// Whether any page of the page-aligned range `p..p+len` is resident
-/// (`mincore`); true when the kernel cannot tell.
-pub fn any_resident(p: *mut u8, len: usize) -> bool {
+/// Marks in `resident` which pages of the page-aligned range
+/// `p..p + resident.len() pages` are resident (`mincore`, bit 0 of each
+/// byte); all of them when the kernel cannot tell.
+pub fn residency(p: *mut u8, resident: &mut [u8]) {
     let _keep = KeepErrno::new();
-    const CHUNK_PAGES: usize = 64;
-    let mut pages = [0u8; CHUNK_PAGES];
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(CHUNK_PAGES * PAGE_SIZE);
-        // SAFETY: `pages` holds a byte for each of at most CHUNK_PAGES
-        // pages; mincore only reads the page tables of the range.
-        if unsafe { libc::mincore(p.wrapping_add(done).cast(), n, pages.as_mut_ptr()) } != 0 {
-            return true;
-        }
-        if pages.iter().take(n.div_ceil(PAGE_SIZE)).any(|&b| b & 1 != 0) {
-            return true;
-        }
-        done += n;
+    // SAFETY: `resident` holds a byte for each page of the range;
+    // mincore only reads the page tables of the range.
+    if unsafe { libc::mincore(p.cast(), resident.len() * PAGE_SIZE, resident.as_mut_ptr()) } != 0 {
+        resident.fill(1);
     }
-    false
 }

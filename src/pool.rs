@@ -90,6 +90,12 @@ pub struct Pool {
     pub dirty_prev: *mut Pool,
     pub dirty_next: *mut Pool,
     pub emptied_at: u64,
+    /// The free list's head and `ref_count` when the heap last looked
+    /// for idle pools in use (`Heap::shed_idle_blocks`), and whether it
+    /// gave back their free blocks' pages then.
+    pub seen_head: *mut u8,
+    pub seen_count: u32,
+    pub seen_shed: bool,
 }
 
 impl Pool {
@@ -113,6 +119,9 @@ impl Pool {
             dirty_prev: ptr::null_mut(),
             dirty_next: ptr::null_mut(),
             emptied_at: 0,
+            seen_head: ptr::null_mut(),
+            seen_count: 0,
+            seen_shed: false,
         }
     }
 

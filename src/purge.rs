@@ -13,14 +13,17 @@
 //! | entirely free arenas (retired)            | `munmap`                         | `arena::Arenas`  |
 //! | freed large mappings (the cache)          | `munmap`                         | `large::Large`   |
 //! | free spans' pages; regions with no block  | `MADV_DONTNEED`; `munmap`        | `large::Large`   |
+//! | pages inside free blocks of idle pools    | `MADV_DONTNEED`                  | `heap`           |
 //!
 //! `Heap::purge` asks each owner in turn; every list it pops is ordered
 //! by age (`list::AgeList`), so what has decayed is found at one end.
 //! Free spans and empty pools can go sooner, oldest first: a pool or a
 //! span that faults in fresh pages first gives back as many of theirs
 //! (the shared footprint: `Heap::new_used_pool`, `Large::hold_footprint`).
-//! The pages inside free blocks of pools still in use stay until
-//! `malloc_trim` (`Heap::release_free_block_pages`), as in glibc's heap.
+//! The whole pages inside free blocks of pools still in use go back
+//! once their pool has stayed as it was between two looks a decay period
+//! apart (`Heap::shed_idle_blocks`), and at once on `malloc_trim`
+//! (`Heap::release_free_block_pages`).
 //!
 //! The clock is read only every `TICK_FREES` calls to `free` (one counter
 //! decrement on the fast path; `CLOCK_MONOTONIC_COARSE` is served by the

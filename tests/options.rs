@@ -112,6 +112,8 @@ fn memory_goes_back_to_the_os_as_the_options_say() {
     let cases: &[(&[&str], Env)] = &[
         (&["trim"], &[]),
         (&["trim", "blocks"], &[]),
+        (&["decay", "blocks", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
+        (&["decay", "blocks", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["decay", "released"], &[("PYMALLOC_DECAY_MS", "50")]),
         (&["decay", "kept"], &[("PYMALLOC_DECAY_MS", "60000")]),
         (&["cache", "1"], &[]),

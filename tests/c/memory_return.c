@@ -33,7 +33,12 @@
      memory_return trim blocks     malloc_trim gives back the pages inside
                                    free blocks of a pool still in use (a
                                    second trim finds none), and the blocks
-                                   serve again, calloc's zeroed. */
+                                   serve again, calloc's zeroed;
+     memory_return decay blocks released|kept
+                                   and so does the decay, once the pool
+                                   has stayed as it was for a decay period
+                                   ("released": a short one) or not
+                                   ("kept"). */
 #include "check.h"
 
 #include <pthread.h>
@@ -102,6 +107,69 @@ static void small_pools(int live) {
     }
 }
 
+/* One pool of 64 KiB blocks, written, all but the first freed; then
+   `release` (which gives back their pages, or not), and, if `measure`,
+   a check of the resident bytes and the statistics against
+   `expect_released`. The blocks then serve again, calloc's zeroed. */
+static void free_blocks_pages(int (*release)(void), int measure, int expect_released) {
+    enum { N = 16, SIZE = 64 << 10 };
+    void *p[N];
+    for (int i = 0; i < N; i++) {
+        p[i] = malloc(opaque(SIZE));
+        CHECK(p[i] != NULL, "malloc(%d) failed", SIZE);
+        memset(p[i], 0x5a, SIZE);
+    }
+    for (int i = 1; i < N; i++) free(p[i]);
+    size_t rss_before = resident();
+    pymalloc_stats before = get();
+    CHECK(release(), "the release reported nothing released with %d free blocks of %d bytes", N - 1, SIZE);
+    pymalloc_stats after = get();
+    size_t rss_after = resident();
+    size_t want = (N - 1) * (size_t)(SIZE - 4096);
+    if (!measure) {
+    } else if (expect_released) {
+        CHECK(after.bytes_returned >= before.bytes_returned + want, "bytes returned to the OS %zu -> %zu, want %zu more",
+              before.bytes_returned, after.bytes_returned, want);
+        CHECK(rss_after + want <= rss_before + (64 << 10), "resident %zu KiB -> %zu KiB, want %zu KiB less",
+              rss_before >> 10, rss_after >> 10, want >> 10);
+    } else {
+        CHECK(rss_after + (64 << 10) >= rss_before, "resident %zu KiB -> %zu KiB, want no less", rss_before >> 10,
+              rss_after >> 10);
+    }
+    for (int i = 1; i < N; i++) {
+        unsigned char *c = calloc(1, opaque(SIZE));
+        CHECK(c != NULL, "calloc(%d) failed", SIZE);
+        for (size_t j = 0; j < SIZE; j++) CHECK(c[j] == 0, "calloc's block %d holds %#x at offset %zu", i, c[j], j);
+        memset(c, i, SIZE);
+        p[i] = c;
+    }
+    for (int i = 0; i < N; i++) free(p[i]);
+}
+
+/* malloc_trim twice: the first releases, the second finds nothing. */
+static int trim_twice(void) {
+    int first = malloc_trim(0);
+    CHECK(malloc_trim(0) == 0, "a second malloc_trim found something to release");
+    return first == 1;
+}
+
+/* Pauses longer than the decay (50 ms), each followed by frees enough
+   to tick the clock (of one small block again and again, so that no
+   pool empties or decays): the first look that finds the pool as it was
+   a decay period earlier gives its free blocks' pages back (or not). */
+static int decay_twice(void) {
+    for (int i = 0; i < 3; i++) {
+        struct timespec pause = {0, 60 * 1000 * 1000};
+        nanosleep(&pause, NULL);
+        for (int j = 0; j < 5000; j++) {
+            void *p = malloc(opaque(64));
+            CHECK(p != NULL, "malloc(64) failed");
+            free(p);
+        }
+    }
+    return 1;
+}
+
 static void churn_large(size_t size) {
     void *p[LARGE];
     for (int i = 0; i < LARGE; i++) {
@@ -114,41 +182,15 @@ static void churn_large(size_t size) {
 
 int main(int argc, char **argv) {
     CHECK(argc >= 2,
-          "usage: memory_return trim [blocks]|decay released|decay kept|cache N|depot trim|released|kept|fork|shared [pools|kept]");
-    if (strcmp(argv[1], "trim") == 0 && argc > 2 && strcmp(argv[2], "blocks") == 0) {
+          "usage: memory_return trim [blocks]|decay released|decay kept|decay blocks released|kept|cache N|depot trim|released|kept|fork|shared [pools|kept]");
+    if (argc > 2 && strcmp(argv[2], "blocks") == 0) {
+        int trim = strcmp(argv[1], "trim") == 0;
+        CHECK(trim || (strcmp(argv[1], "decay") == 0 && argc == 4), "usage: memory_return trim|decay blocks [released|kept]");
+        int expect_released = trim || strcmp(argv[3], "released") == 0;
         /* The code measured runs once first, so that the library pages
            it faults in (a fault maps up to 16 of them) are not counted. */
-        malloc_trim(0);
-        (void)get();
-        (void)resident();
-        /* One pool of 64 KiB blocks, written; all but one freed. */
-        enum { N = 16, SIZE = 64 << 10 };
-        void *p[N];
-        for (int i = 0; i < N; i++) {
-            p[i] = malloc(opaque(SIZE));
-            CHECK(p[i] != NULL, "malloc(%d) failed", SIZE);
-            memset(p[i], 0x5a, SIZE);
-        }
-        for (int i = 1; i < N; i++) free(p[i]);
-        size_t rss_before = resident();
-        pymalloc_stats before = get();
-        CHECK(malloc_trim(0) == 1, "malloc_trim released nothing with %d free blocks of %d bytes", N - 1, SIZE);
-        CHECK(malloc_trim(0) == 0, "a second malloc_trim found something to release");
-        pymalloc_stats after = get();
-        size_t rss_after = resident();
-        size_t want = (N - 1) * (size_t)(SIZE - 4096);
-        CHECK(after.bytes_returned >= before.bytes_returned + want, "bytes returned to the OS %zu -> %zu, want %zu more",
-              before.bytes_returned, after.bytes_returned, want);
-        CHECK(rss_after + want <= rss_before + (64 << 10), "resident %zu KiB -> %zu KiB, want %zu KiB less", rss_before >> 10,
-              rss_after >> 10, want >> 10);
-        for (int i = 1; i < N; i++) {
-            unsigned char *c = calloc(1, opaque(SIZE));
-            CHECK(c != NULL, "calloc(%d) failed", SIZE);
-            for (size_t j = 0; j < SIZE; j++) CHECK(c[j] == 0, "calloc's block %d holds %#x at offset %zu", i, c[j], j);
-            memset(c, i, SIZE);
-            p[i] = c;
-        }
-        for (int i = 0; i < N; i++) free(p[i]);
+        free_blocks_pages(trim ? trim_twice : decay_twice, 0, expect_released);
+        free_blocks_pages(trim ? trim_twice : decay_twice, 1, expect_released);
     } else if (strcmp(argv[1], "trim") == 0) {
         churn_small();
         churn_large(LARGE_SIZE);
