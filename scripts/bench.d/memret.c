@@ -1,9 +1,11 @@
 /* Memory return: does freed memory go back to the OS?
- *   memret [scale]
+ *   memret [scale [keep]]
  * Allocates 1 GiB (times scale, at most 1) in small (16..512 B) and medium
- * (512 B..128 KiB) blocks, frees it all in random order, then goes on
- * working lightly (small blocks, 64 KiB live) for a second, as a program
- * does after a burst. Prints resident memory at each step:
+ * (512 B..128 KiB) blocks, frees it all in random order (but, with keep
+ * K, one medium block in K, which lives on: survivors scattered among
+ * freed blocks), then goes on working lightly (small blocks, 64 KiB
+ * live) for a second, as a program does after a burst. Prints resident
+ * memory at each step:
  *   rss_kb before=N peak=N freed=N after=N
  * before: at start; peak: all allocated; freed: just after the frees;
  * after: after the second of light work. */
@@ -37,6 +39,7 @@ static double now(void) {
 
 int main(int argc, char **argv) {
     double scale = argc > 1 ? atof(argv[1]) : 1.0;
+    size_t keep = argc > 2 ? strtoul(argv[2], NULL, 10) : 0;
     size_t goal = (size_t)((1ull << 30) * (scale < 1 ? scale : 1));
     long before = rss_kb();
     /* The block table is mapped directly, so it is not part of the heap. */
@@ -51,6 +54,7 @@ int main(int argc, char **argv) {
         char *p = malloc(n);
         for (size_t off = 0; off < n; off += 4096) p[off] = 1;
         p[n - 1] = (char)n;
+        p[0] = n > 512 ? 2 : 1; /* medium or small */
         live[count++] = p;
         bytes += n;
     }
@@ -59,11 +63,18 @@ int main(int argc, char **argv) {
         size_t k = next() % i;
         char *t = live[k]; live[k] = live[i - 1]; live[i - 1] = t;
     }
+    size_t kept = 0, medium = 0;
     for (size_t i = 0; i < count; i++) {
         sum += (unsigned char)live[i][0];
-        free(live[i]);
+        if (keep && live[i][0] == 2 && medium++ % keep == 0)
+            live[kept++] = live[i]; /* a survivor */
+        else
+            free(live[i]);
     }
-    munmap(live, cap * sizeof *live);
+    /* The table's pages past the survivors go back, as before. */
+    size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    size_t held = (kept * sizeof *live + page - 1) / page * page;
+    munmap((char *)live + held, cap * sizeof *live - held);
     long freed = rss_kb();
     enum { SLOTS = 256 };
     char *slot[SLOTS] = {0};
@@ -80,6 +91,8 @@ int main(int argc, char **argv) {
     }
     for (int k = 0; k < SLOTS; k++) free(slot[k]);
     long after = rss_kb();
+    for (size_t i = 0; i < kept; i++) free(live[i]);
+    if (held) munmap(live, held);
     printf("rss_kb before=%ld peak=%ld freed=%ld after=%ld\n", before, peak, freed, after);
     return (int)(sum & 0); /* keep sum alive */
 }
