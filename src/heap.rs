@@ -1053,9 +1053,15 @@ impl Heap {
 
     /// Gives back the whole pages inside `pool`'s free blocks past the
     /// page holding each one's link and key, those still resident (so a
-    /// second call finds none); true if any went. Fails at a corrupted
-    /// link (the blocks before it have given theirs back).
+    /// second call finds none); true if any went. Fails, having given
+    /// back nothing, if a link is corrupted or the list does not hold
+    /// exactly the blocks not handed out: a stale link that leads to a
+    /// live block must not cost that block its pages.
     fn release_free_pages(pool: &Pool, secret: Secret) -> Result<bool, Fault> {
+        let free = pool.walk_free_list(secret, |_| {})?;
+        if Some(pool.ref_count.get() + free) != pool.nextoffset.get().checked_div(pool.block_size) {
+            return Err(pool.corrupt_link(pool.freeblock));
+        }
         let base = pool.base as usize;
         let mut resident = [0u8; MAX_POOL_PAGES];
         let resident = &mut resident[..(pool.size() / PAGE_SIZE).min(MAX_POOL_PAGES)];

@@ -403,6 +403,36 @@ fn idle_pools_in_use_give_back_their_free_blocks_pages() {
     heap.check().unwrap();
 }
 
+/// Stale bytes that look like a link: a free block's old link, written
+/// back after the block it named was handed out again, leads the walk of
+/// free blocks' pages (`malloc_trim`'s, the decay's) to a live block,
+/// which must keep its pages.
+#[test]
+#[cfg_attr(feature = "unchecked", ignore = "the checks are compiled out")]
+fn a_stale_link_to_a_live_block_costs_it_no_page() {
+    const SIZE: usize = 20_000;
+    let mut heap = new_heap();
+    let blocks: Vec<*mut u8> = (0..3).map(|_| heap.alloc(SIZE).ptr).collect();
+    heap.free(blocks[1]).unwrap();
+    heap.free(blocks[2]).unwrap(); // its link names blocks[1]
+    // SAFETY: a free block's first word, mapped.
+    let stale = unsafe { blocks[2].cast::<usize>().read() };
+    let (a, b) = (heap.alloc(SIZE).ptr, heap.alloc(SIZE).ptr);
+    assert_eq!((a, b), (blocks[2], blocks[1]));
+    // SAFETY: a live block of SIZE bytes.
+    unsafe { b.write_bytes(0x5a, SIZE) };
+    heap.free(a).unwrap();
+    // A write after free puts the old link back.
+    // SAFETY: the block is mapped (freed, not returned to the OS).
+    unsafe { a.cast::<usize>().write(stale) };
+    assert!(heap.release_free_block_pages().is_err());
+    heap.shed_idle_blocks();
+    heap.shed_idle_blocks();
+    // SAFETY: a live block of SIZE bytes.
+    let bytes = unsafe { core::slice::from_raw_parts(b, SIZE) };
+    assert!(bytes.iter().all(|&x| x == 0x5a), "the live block lost its pages");
+}
+
 #[test]
 fn free_sized_accepts_the_request_up_to_the_usable_size() {
     let mut heap = new_heap();
