@@ -351,7 +351,7 @@ fn usable_size_for(p: *mut c_void, function: &str) -> usize {
 }
 
 fn posix_memalign_impl(out: *mut *mut c_void, align: usize, n: usize) -> c_int {
-    if !align.is_power_of_two() || align % size_of::<*mut c_void>() != 0 {
+    if !align.is_power_of_two() || !align.is_multiple_of(size_of::<*mut c_void>()) {
         return libc::EINVAL;
     }
     let p = if debug_on() {
@@ -416,7 +416,7 @@ pub(crate) fn release_sized(p: *mut c_void, size: usize, align: usize, function:
     if p.is_null() {
         return;
     }
-    let fits = |class| align.is_power_of_two() && p as usize % align == 0 && sized_fits_class(size, align, class);
+    let fits = |class| align.is_power_of_two() && (p as usize).is_multiple_of(align) && sized_fits_class(size, align, class);
     if let Some(cache) = front::current() {
         if cache.free_checked(p.cast(), fits) {
             return;
@@ -447,7 +447,7 @@ fn release_sized_general(p: *mut c_void, size: usize, align: usize, function: &s
 /// `free_aligned_sized` reports it (after the checks of `free`).
 #[inline(always)]
 pub(crate) fn release_aligned(p: *mut c_void, align: usize, function: &str) {
-    if !align.is_power_of_two() || p as usize % align != 0 {
+    if !align.is_power_of_two() || !(p as usize).is_multiple_of(align) {
         misaligned(p, align, function);
     }
     free_fast(p, function)

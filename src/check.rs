@@ -46,7 +46,7 @@ impl Heap {
 
     fn check_arena(&self, arena: &Arena) -> Result<(), &'static str> {
         let base = arena.base as usize;
-        if base % ARENA_SIZE != 0 {
+        if !base.is_multiple_of(ARENA_SIZE) {
             return Err("arena not aligned to its size");
         }
         for granule in (base..base + ARENA_SIZE).step_by(crate::geometry::GRANULE_SIZE) {

@@ -188,7 +188,7 @@ fn check_reused(p: *mut u8, room: usize) -> Result<(), Fault> {
 pub fn free(heap: &mut Heap, quarantine: &mut Quarantine, p: *mut u8, sized: Option<(usize, usize)>) -> Result<(), Fault> {
     let live = locate(heap, quarantine, p)?;
     if let Some((size, align)) = sized {
-        if !align.is_power_of_two() || p as usize % align != 0 {
+        if !align.is_power_of_two() || !(p as usize).is_multiple_of(align) {
             return Err(Fault::WrongAlignment { align });
         }
         if size != live.size {
@@ -296,7 +296,7 @@ pub fn check(heap: &Heap) -> Result<(), (Fault, *mut u8)> {
 /// overwritten.
 fn locate(heap: &Heap, quarantine: &Quarantine, p: *mut u8) -> Result<Live, Fault> {
     let addr = p as usize;
-    if addr % 16 != 0 {
+    if !addr.is_multiple_of(16) {
         return Err(Fault::InvalidPointer);
     }
     // The heap block starts `front` bytes before p: 32, or the requested

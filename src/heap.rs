@@ -444,7 +444,7 @@ impl Heap {
     /// by a smaller class, or a bigger one, is a fault.
     pub fn free_sized(&mut self, p: *mut u8, size: usize, align: usize) -> Result<(), Fault> {
         let found = self.find(p)?;
-        if !align.is_power_of_two() || p as usize % align != 0 {
+        if !align.is_power_of_two() || !(p as usize).is_multiple_of(align) {
             return Err(Fault::WrongAlignment { align });
         }
         // SAFETY: `find` returns live records.

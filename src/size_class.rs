@@ -121,7 +121,7 @@ pub fn class_for_aligned(n: usize, align: usize) -> Option<usize> {
     // power-of-two classes guarantee a hit before MEDIUM_MAX.
     let mut class = class_of(n);
     while class < NUM_CLASSES {
-        if size_of(class) % align == 0 {
+        if size_of(class).is_multiple_of(align) {
             return Some(class);
         }
         class += 1;
@@ -206,7 +206,7 @@ mod tests {
             for n in [0, 1, 15, 16, 17, 100, 512, 513, 4096, 65536, MEDIUM_MAX] {
                 match class_for_aligned(n, align) {
                     Some(c) => {
-                        assert!(size_of(c) >= n && size_of(c) % align == 0);
+                        assert!(size_of(c) >= n && size_of(c).is_multiple_of(align));
                     }
                     None => assert!(n.max(align) > MEDIUM_MAX),
                 }

@@ -229,7 +229,7 @@ impl ThreadCache {
         // SAFETY: the head is a cached block: ours, at least 16 bytes,
         // holding its mangled link in its first word.
         let next = self.secret.demangle(block, unsafe { block.cast::<usize>().read() });
-        if next as usize % MIN_ALIGN != 0 {
+        if !(next as usize).is_multiple_of(MIN_ALIGN) {
             corrupted(block, bin.size, function);
         }
         // Wrapping: a list longer than its count (an overwritten link)
@@ -597,10 +597,10 @@ mod tests {
 
     fn search(heap: &Heap, p: *mut u8, class: usize) -> bool {
         let me = std::thread::current().id();
-        // SAFETY: registered test caches live until the process ends
-        // (leaked); the calling thread is their only user.
         depot::contains(heap, p, class)
             || CACHES.lock().unwrap().iter().any(|&(thread, c)| {
+                // SAFETY: registered test caches live until the process
+                // ends (leaked); the calling thread is their only user.
                 thread == me && unsafe { (*(c as *const ThreadCache)).contains(heap, p, class) }
             })
     }
@@ -628,8 +628,8 @@ mod tests {
             rng ^= rng << 13;
             rng ^= rng >> 7;
             rng ^= rng << 17;
-            if live.len() < 3000 && (rng % 3 != 0 || live.is_empty()) {
-                let n = 1 + (rng >> 8) as usize % if rng % 16 == 0 { CACHE_MAX } else { 600 };
+            if live.len() < 3000 && (!rng.is_multiple_of(3) || live.is_empty()) {
+                let n = 1 + (rng >> 8) as usize % if rng.is_multiple_of(16) { CACHE_MAX } else { 600 };
                 let class = class_of(n);
                 let p = cache.alloc(class, "malloc");
                 assert!(!p.is_null());
@@ -884,6 +884,7 @@ mod tests {
         struct Shared(*const ThreadCache);
         // SAFETY: the stopper touches the cache only through the protocol.
         unsafe impl Send for Shared {}
+        // SAFETY: as for Send: shared, the pointer is only read.
         unsafe impl Sync for Shared {}
         static DONE: AtomicBool = AtomicBool::new(false);
         if !crate::lock::barrier_all_threads() {
@@ -919,7 +920,7 @@ mod tests {
             rng ^= rng >> 7;
             rng ^= rng << 17;
             let class = (rng >> 40) as usize % CACHED_CLASSES.min(8);
-            if live.len() < 200 && rng % 2 == 0 {
+            if live.len() < 200 && rng.is_multiple_of(2) {
                 let p = cache.alloc(class, "malloc");
                 assert!(live.insert(p as usize), "{p:p} handed out twice");
             } else if let Some(&p) = live.iter().next() {
