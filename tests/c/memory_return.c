@@ -126,13 +126,12 @@ static void free_blocks_pages(int (*release)(void), int measure, int expect_rele
     pymalloc_stats after = get();
     size_t rss_after = resident();
     size_t want = (N - 1) * (size_t)(SIZE - 4096);
-    if (!measure) {
-    } else if (expect_released) {
+    if (measure && expect_released) {
         CHECK(after.bytes_returned >= before.bytes_returned + want, "bytes returned to the OS %zu -> %zu, want %zu more",
               before.bytes_returned, after.bytes_returned, want);
         CHECK(rss_after + want <= rss_before + (64 << 10), "resident %zu KiB -> %zu KiB, want %zu KiB less",
               rss_before >> 10, rss_after >> 10, want >> 10);
-    } else {
+    } else if (measure) {
         CHECK(rss_after + (64 << 10) >= rss_before, "resident %zu KiB -> %zu KiB, want no less", rss_before >> 10,
               rss_after >> 10);
     }
@@ -157,7 +156,7 @@ static int trim_twice(void) {
    to tick the clock (of one small block again and again, so that no
    pool empties or decays): the first look that finds the pool as it was
    a decay period earlier gives its free blocks' pages back (or not). */
-static int decay_twice(void) {
+static int decay_pauses(void) {
     for (int i = 0; i < 3; i++) {
         struct timespec pause = {0, 60 * 1000 * 1000};
         nanosleep(&pause, NULL);
@@ -189,8 +188,8 @@ int main(int argc, char **argv) {
         int expect_released = trim || strcmp(argv[3], "released") == 0;
         /* The code measured runs once first, so that the library pages
            it faults in (a fault maps up to 16 of them) are not counted. */
-        free_blocks_pages(trim ? trim_twice : decay_twice, 0, expect_released);
-        free_blocks_pages(trim ? trim_twice : decay_twice, 1, expect_released);
+        free_blocks_pages(trim ? trim_twice : decay_pauses, 0, expect_released);
+        free_blocks_pages(trim ? trim_twice : decay_pauses, 1, expect_released);
     } else if (strcmp(argv[1], "trim") == 0) {
         churn_small();
         churn_large(LARGE_SIZE);
