@@ -157,10 +157,10 @@ fn check_pool(pool: &Pool, arena: &Arena, secret: Secret) -> Result<(), &'static
     if !pool.freeblock.is_null() && !pool.is_carved_block(pool.freeblock as usize) {
         return Err("free list head outside its pool");
     }
-    let free = pool
-        .walk_free_list(secret, |_| {})
+    let exact = pool
+        .free_list_is_exact(secret)
         .map_err(|_| "free list link corrupted (outside its pool, or a cycle)")?;
-    if Some(pool.ref_count.get() + free) != pool.nextoffset.get().checked_div(pool.block_size) {
+    if !exact {
         return Err("ref_count + free blocks != carved blocks");
     }
     Ok(())

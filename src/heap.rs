@@ -480,11 +480,12 @@ impl Heap {
         // declines every block and each free ticks.
         self.frees_to_tick = if config::fast_paths() { TICK_FREES } else { 0 };
         self.clock = purge::now_ms();
-        let decay = config::get().decay_ms as u64;
+        let config = config::get();
+        let decay = config.decay_ms as u64;
         self.purge(self.clock.saturating_sub(decay));
         // Not in the debug mode: its check of a block handed out again
         // reads the freed block's poison.
-        if self.clock.saturating_sub(self.idle_looked_at) >= decay && !config::get().debug {
+        if self.clock.saturating_sub(self.idle_looked_at) >= decay && !config.debug {
             self.idle_looked_at = self.clock;
             self.shed_idle_blocks();
         }
@@ -1017,13 +1018,9 @@ impl Heap {
     /// out again reads the poison of its freed bytes.
     pub fn release_free_block_pages(&mut self) -> Result<bool, Fault> {
         let mut released = false;
-        for class in MULTI_PAGE_CLASSES {
-            let mut cur = self.usedpools[class];
+        for pool in self.multi_page_pools() {
             // SAFETY: pools on a used list are live.
-            while let Some(pool) = unsafe { cur.as_ref() } {
-                cur = pool.nextpool;
-                released |= Self::release_free_pages(pool, self.secret)?;
-            }
+            released |= Self::release_free_pages(unsafe { &*pool }, self.secret)?;
         }
         Ok(released)
     }
@@ -1033,22 +1030,36 @@ impl Heap {
     /// (`tick`): the free list's head and the count of blocks handed out
     /// unchanged. A pool that changes is looked at again next time.
     pub fn shed_idle_blocks(&mut self) {
-        for class in MULTI_PAGE_CLASSES {
-            let mut cur = self.usedpools[class];
-            // SAFETY: pools on a used list are live, and ours under the lock.
-            while let Some(pool) = unsafe { cur.as_mut() } {
-                cur = pool.nextpool;
-                let now = (pool.freeblock, pool.ref_count.get());
-                if now != (pool.seen_head, pool.seen_count) {
-                    (pool.seen_head, pool.seen_count, pool.seen_shed) = (now.0, now.1, false);
-                } else if !pool.seen_shed && now.1 > 0 {
-                    pool.seen_shed = true;
-                    // A corrupted link is left for the allocation that
-                    // meets it to report.
-                    let _ = Self::release_free_pages(pool, self.secret);
-                }
+        for pool in self.multi_page_pools() {
+            // SAFETY: pools on a used list are live, and ours under the
+            // lock (in arenas' descriptors, not in the heap itself).
+            let pool = unsafe { &mut *pool };
+            let now = (pool.freeblock, pool.ref_count.get());
+            if now != (pool.seen_head, pool.seen_count) {
+                (pool.seen_head, pool.seen_count, pool.seen_shed) = (now.0, now.1, false);
+            } else if !pool.seen_shed && now.1 > 0 {
+                pool.seen_shed = true;
+                // A corrupted link is left for the allocation that meets
+                // it to report.
+                let _ = Self::release_free_pages(pool, self.secret);
             }
         }
+    }
+
+    /// The used pools of the classes whose free blocks can give pages
+    /// back (`MULTI_PAGE_CLASSES`). Each pool's successor is read before
+    /// the pool is yielded; the caller must not unlink pools.
+    fn multi_page_pools(&self) -> impl Iterator<Item = *mut Pool> + '_ {
+        MULTI_PAGE_CLASSES.flat_map(|class| {
+            let mut cur = self.usedpools[class];
+            core::iter::from_fn(move || {
+                // SAFETY: pools on a used list are live.
+                let pool = unsafe { cur.as_ref() }?;
+                let this = cur;
+                cur = pool.nextpool;
+                Some(this)
+            })
+        })
     }
 
     /// Gives back the whole pages inside `pool`'s free blocks past the
@@ -1058,8 +1069,7 @@ impl Heap {
     /// exactly the blocks not handed out: a stale link that leads to a
     /// live block must not cost that block its pages.
     fn release_free_pages(pool: &Pool, secret: Secret) -> Result<bool, Fault> {
-        let free = pool.walk_free_list(secret, |_| {})?;
-        if Some(pool.ref_count.get() + free) != pool.nextoffset.get().checked_div(pool.block_size) {
+        if !pool.free_list_is_exact(secret)? {
             return Err(pool.corrupt_link(pool.freeblock));
         }
         let base = pool.base as usize;

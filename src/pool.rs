@@ -303,6 +303,14 @@ impl Pool {
         Ok(found)
     }
 
+    /// Whether the free list holds exactly the carved blocks not handed
+    /// out (`ref_count` + free blocks = carved blocks), as it must; fails
+    /// at a corrupted link.
+    pub fn free_list_is_exact(&self, secret: Secret) -> Result<bool, Fault> {
+        let free = self.walk_free_list(secret, |_| {})?;
+        Ok(Some(self.ref_count.get() + free) == self.nextoffset.get().checked_div(self.block_size))
+    }
+
     /// Calls `f` on every block of the free list, checking every link
     /// exactly (carved block boundary) and that the list has no cycle.
     pub fn walk_free_list(&self, secret: Secret, mut f: impl FnMut(*mut u8)) -> Result<u32, Fault> {
