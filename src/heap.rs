@@ -260,7 +260,7 @@ impl Heap {
         // key: live (the general path examines anything else).
         unsafe { pool.free(p, self.secret) };
         if was_full {
-            self.link_used(pool);
+            self.relink_used(pool);
         }
         self.frees_to_tick -= 1;
         true
@@ -633,7 +633,7 @@ impl Heap {
         if pool.ref_count.get() == 0 {
             self.pool_emptied(pool, was_full);
         } else if was_full {
-            self.link_used(pool);
+            self.relink_used(pool);
         }
     }
 
@@ -670,6 +670,27 @@ impl Heap {
             next.prevpool = pool;
         }
         *head = pool;
+    }
+
+    /// Lists a pool that was full and has a free block again second,
+    /// behind the head: the head serves until it is full, and meanwhile
+    /// more blocks of this pool may come free. At the head (as pymalloc
+    /// lists it), in a heap of random lifetimes the next `malloc` took
+    /// that one block and unlinked the pool again, two mispredicted
+    /// branches per pair of calls (`c1.random`: 3.5 M -> 2.7 M
+    /// mispredicts and 277 M -> 270 M instructions, cachegrind).
+    #[inline(always)]
+    fn relink_used(&mut self, pool: &mut Pool) {
+        let head = *self.used_head(pool.class as usize);
+        // SAFETY: pools in usedpools are live.
+        let Some(head) = (unsafe { head.as_mut() }) else { return self.link_used(pool) };
+        pool.prevpool = head;
+        pool.nextpool = head.nextpool;
+        // SAFETY: as above.
+        if let Some(next) = unsafe { head.nextpool.as_mut() } {
+            next.prevpool = pool;
+        }
+        head.nextpool = pool;
     }
 
     fn unlink_used(&mut self, pool: &mut Pool) {
