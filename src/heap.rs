@@ -85,8 +85,9 @@ pub struct PoolBlock {
 
 #[repr(C)] // hot fields first, together; the 256 KiB arena map last
 pub struct Heap {
-    /// Per class, the pools with blocks both in use and free, most
-    /// recently refilled first.
+    /// Per class, the pools with blocks both in use and free: the head
+    /// serves; a new pool goes first, one that was full goes second
+    /// (`relink_used`).
     usedpools: [*mut Pool; NUM_CLASSES],
     /// Per class, the pool last kept when it became empty: it stays on
     /// the used list (ready for the next `malloc`, with its free list),
