@@ -562,6 +562,39 @@ fn an_emptied_pool_is_kept_until_it_decays() {
     assert_eq!(heap.arenas().counters.arenas, 0);
 }
 
+/// A pool that was full and gets a block back waits behind the head,
+/// which serves until it is full (at the head, the next `malloc` would
+/// take that one block and unlink the pool again).
+#[test]
+fn a_pool_that_was_full_waits_behind_the_head() {
+    let mut heap = new_heap();
+    let class = crate::size_class::class_of(48);
+    let mut pool_a_blocks = vec![heap.alloc(48).ptr];
+    let pool_a = heap.used_list(class);
+    while heap.used_list(class) == pool_a {
+        pool_a_blocks.push(heap.alloc(48).ptr);
+    }
+    let first_of_b = heap.alloc(48).ptr;
+    let pool_b = heap.used_list(class);
+    assert!(!pool_b.is_null() && pool_b != pool_a);
+    heap.free(pool_a_blocks[0]).unwrap();
+    heap.check().unwrap();
+    assert_eq!(heap.used_list(class), pool_b, "the head stays");
+    let mut from_b = vec![first_of_b];
+    while heap.used_list(class) == pool_b {
+        let p = heap.alloc(48).ptr;
+        assert!(!pool_a_blocks.contains(&p), "pool A served before the head was full");
+        from_b.push(p);
+    }
+    assert_eq!(heap.used_list(class), pool_a);
+    assert_eq!(heap.alloc(48).ptr, pool_a_blocks[0]);
+    heap.check().unwrap();
+    for p in pool_a_blocks.into_iter().chain(from_b) {
+        heap.free(p).unwrap();
+    }
+    heap.check().unwrap();
+}
+
 #[test]
 fn a_large_block_reuses_the_resident_pages_of_a_hole_after_clean_ones() {
     let mut heap = new_heap();
