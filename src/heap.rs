@@ -673,8 +673,8 @@ impl Heap {
         *head = pool;
     }
 
-    /// Lists a pool that was full and has a free block again second,
-    /// behind the head: the head serves until it is full, and meanwhile
+    /// Puts a pool that was full, and has a free block again, second on
+    /// its class's list: the head serves until it is full, and meanwhile
     /// more blocks of this pool may come free. At the head (as pymalloc
     /// lists it), in a heap of random lifetimes the next `malloc` took
     /// that one block and unlinked the pool again, two mispredicted
