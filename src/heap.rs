@@ -662,15 +662,9 @@ impl Heap {
         unsafe { self.tiers.get_unchecked_mut(tier) }
     }
 
+    /// Puts a new pool first on its class's list.
     fn link_used(&mut self, pool: &mut Pool) {
-        let head = self.used_head(pool.class as usize);
-        pool.prevpool = ptr::null_mut();
-        pool.nextpool = *head;
-        // SAFETY: pools in usedpools are live.
-        if let Some(next) = unsafe { head.as_mut() } {
-            next.prevpool = pool;
-        }
-        *head = pool;
+        self.insert_used(pool, ptr::null_mut());
     }
 
     /// Puts a pool that was full, and has a free block again, second on
@@ -683,15 +677,25 @@ impl Heap {
     #[inline(always)]
     fn relink_used(&mut self, pool: &mut Pool) {
         let head = *self.used_head(pool.class as usize);
+        self.insert_used(pool, head);
+    }
+
+    /// Lists `pool` on its class's list after `prev` (a pool on it), or
+    /// first if `prev` is null.
+    #[inline(always)]
+    fn insert_used(&mut self, pool: &mut Pool, prev: *mut Pool) {
         // SAFETY: pools in usedpools are live.
-        let Some(head) = (unsafe { head.as_mut() }) else { return self.link_used(pool) };
-        pool.prevpool = head;
-        pool.nextpool = head.nextpool;
+        let slot = match unsafe { prev.as_mut() } {
+            Some(prev) => &mut prev.nextpool,
+            None => self.used_head(pool.class as usize),
+        };
+        pool.prevpool = prev;
+        pool.nextpool = *slot;
+        *slot = pool;
         // SAFETY: as above.
-        if let Some(next) = unsafe { head.nextpool.as_mut() } {
+        if let Some(next) = unsafe { pool.nextpool.as_mut() } {
             next.prevpool = pool;
         }
-        head.nextpool = pool;
     }
 
     fn unlink_used(&mut self, pool: &mut Pool) {
